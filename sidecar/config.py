@@ -1,0 +1,188 @@
+"""Settings: frozen dataclasses loaded once, from a TOML file and the environment, then passed down.
+
+Precedence: built-in defaults < the config file (``--config`` or ``LEDGER_SIDECAR_CONFIG``) <
+``DATABASE_URL``. A bad value fails at start-up naming the key, the rule and the value; an
+unknown key is an error too, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from sidecar.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Secret:
+    """A value that never prints: ``repr`` and ``str`` show the URL with its password masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({str(self)!r})"
+
+    def __str__(self) -> str:
+        parts = urlsplit(self._value)
+        if parts.password is None:
+            return self._value
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))
+    #: the PostgreSQL schema that holds this ledger; several ledgers can share a database
+    schema: str = "ledger"
+    pool_connections_min: int = 1
+    pool_connections_max: int = 8
+    connect_timeout_s: float = 5.0
+    statement_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    #: posting writers; each takes its own batches (accounts shared across them stay correct,
+    #: guarded by the stale-balance check, but one partition keeps a hot account fastest)
+    partitions: int = 1
+    batch_commands_max: int = 500
+    batch_linger_ms: float = 2.0
+    queue_commands_max: int = 50_000
+    stale_retries_max: int = 20
+    account_cache_max: int = 200_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    log_level: str = "INFO"
+
+
+T = TypeVar("T")
+
+
+def _positive_int(key: str, value: object, *, maximum: int = 10**9) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise ConfigError(f"{key}: must be an integer from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def _positive_float(key: str, value: object, *, maximum: float = 3600.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= maximum:
+        raise ConfigError(f"{key}: must be a number above 0 and at most {maximum}, got {value!r}")
+    return float(value)
+
+
+def _schema(key: str, value: object) -> str:
+    if not isinstance(value, str) or not SCHEMA_NAME.match(value):
+        raise ConfigError(
+            f"{key}: must be a lower-case SQL identifier (letters, digits, _), got {value!r}"
+        )
+    return value
+
+
+def _url(key: str, value: object) -> Secret:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("postgresql", "postgres"):
+        shown = str(Secret(value)) if isinstance(value, str) else repr(value)
+        raise ConfigError(f"{key}: must be a postgresql:// URL, got {shown}")
+    return Secret(value)
+
+
+def _log_level(key: str, value: object) -> str:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    if not isinstance(value, str) or value.upper() not in levels:
+        raise ConfigError(f"{key}: must be one of {', '.join(levels)}, got {value!r}")
+    return value.upper()
+
+
+_RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
+    "database": {
+        "url": _url,
+        "schema": _schema,
+        "pool_connections_min": _positive_int,
+        "pool_connections_max": _positive_int,
+        "connect_timeout_s": _positive_float,
+        "statement_timeout_s": _positive_float,
+    },
+    "ledger": {
+        "partitions": lambda k, v: _positive_int(k, v, maximum=64),
+        "batch_commands_max": lambda k, v: _positive_int(k, v, maximum=10_000),
+        "batch_linger_ms": lambda k, v: _positive_float(k, v, maximum=1000.0),
+        "queue_commands_max": _positive_int,
+        "stale_retries_max": lambda k, v: _positive_int(k, v, maximum=1000),
+        "account_cache_max": _positive_int,
+    },
+}
+
+
+def _section(cls: type[T], name: str, raw: object) -> T:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{name}]: must be a table, got {raw!r}")
+    rules = _RULES[name]
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown setting (known: {', '.join(sorted(known))})")
+        values[key] = rules[key](f"{name}.{key}", value)
+    return cls(**values)
+
+
+def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from a parsed config document (tests pass a dict) and the environment."""
+    environ = environ or {}
+    unknown = set(data) - {"database", "ledger", "log_level"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section or setting")
+    database_raw = dict(data.get("database", {}))
+    if environ.get("DATABASE_URL"):
+        database_raw["url"] = environ["DATABASE_URL"]
+    database = _section(DatabaseSettings, "database", database_raw)
+    if database.pool_connections_min > database.pool_connections_max:
+        raise ConfigError(
+            "database.pool_connections_min: must not exceed pool_connections_max "
+            f"({database.pool_connections_min} > {database.pool_connections_max})"
+        )
+    ledger = _section(LedgerSettings, "ledger", data.get("ledger", {}))
+    log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
+    return Settings(database=database, ledger=ledger, log_level=log_level)
+
+
+def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
+    """Read the config file (if any) and the environment; the only place settings come from."""
+    path = path or environ.get("LEDGER_SIDECAR_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: not valid TOML: {exc}") from exc
+        try:
+            return from_dict(data, environ)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {file}: {exc.message}") from exc
+    return from_dict(data, environ)

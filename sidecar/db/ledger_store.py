@@ -1,0 +1,165 @@
+"""PostgreSQL adapter of the LedgerStore port.
+
+A commit is one statement, ``SELECT post_batch(...)``, run in autocommit: one round trip, one
+transaction, one fsync for the whole batch. Everything it guarantees is kept inside the database
+(see migrations/0001_ledger.sql); this module only carries plans there and rows back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+import asyncpg
+
+from sidecar.db.connect import translate
+from sidecar.domain.ledger import (
+    Account,
+    AccountState,
+    AccountStatus,
+    BatchPlan,
+    LedgerView,
+    NormalSide,
+    TransferRecord,
+)
+from sidecar.domain.money import Currency
+from sidecar.domain.outcome import PostedLeg, Rejection, TransferStatus
+from sidecar.ports import LogHead, StoredEvent
+
+LOAD_TRANSFERS = """
+WITH asked AS (
+    SELECT key FROM transfers WHERE key = ANY ($1::text[])
+), wanted AS (
+    SELECT key FROM asked
+    UNION
+    SELECT r.key FROM transfers r
+    WHERE r.reverses IN (SELECT key FROM asked) AND r.status = 'posted'
+)
+SELECT t.key, t.fingerprint, t.status, t.rejection, t.reverses, t.seq,
+       (SELECT r.key FROM transfers r
+         WHERE r.reverses = t.key AND r.status = 'posted') AS reversed_by,
+       p.accounts, p.currencies, p.amounts, p.balances
+FROM wanted w
+JOIN transfers t ON t.key = w.key
+LEFT JOIN LATERAL (
+    SELECT array_agg(account_id ORDER BY leg) AS accounts,
+           array_agg(currency ORDER BY leg) AS currencies,
+           array_agg(amount_minor ORDER BY leg) AS amounts,
+           array_agg(balance_after_minor ORDER BY leg) AS balances
+    FROM postings WHERE transfer_key = t.key
+) p ON true
+"""
+
+LOAD_ACCOUNTS = """
+SELECT id, currency, currency_exponent, normal_side, status, overdraft_limit_minor, balance_minor
+FROM accounts WHERE id = ANY ($1::text[])
+"""
+
+COMMIT = "SELECT post_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[])"
+
+BALANCE_NOW = "SELECT balance_minor FROM accounts WHERE id = $1"
+
+BALANCE_AT = """
+SELECT a.opened_seq,
+       (SELECT p.balance_after_minor FROM postings p
+         WHERE p.account_id = a.id AND p.seq <= $2
+         ORDER BY p.seq DESC, p.leg DESC LIMIT 1) AS balance
+FROM accounts a WHERE a.id = $1
+"""
+
+HEAD = "SELECT seq, hash, batches FROM log_head"
+
+EVENTS = "SELECT seq, content, hash FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+
+def account_from_row(row: Any) -> AccountState:
+    account = Account(
+        id=row["id"],
+        currency=Currency(row["currency"], row["currency_exponent"]),
+        normal_side=NormalSide(row["normal_side"]),
+        overdraft_limit_minor=row["overdraft_limit_minor"],
+        status=AccountStatus(row["status"]),
+    )
+    return AccountState(account, row["balance_minor"])
+
+
+def transfer_from_row(row: Any) -> TransferRecord:
+    postings: tuple[PostedLeg, ...] = ()
+    if row["accounts"] is not None:
+        postings = tuple(
+            PostedLeg(a, c, m, b)
+            for a, c, m, b in zip(
+                row["accounts"], row["currencies"], row["amounts"], row["balances"], strict=True
+            )
+        )
+    return TransferRecord(
+        key=row["key"],
+        fingerprint=bytes(row["fingerprint"]),
+        status=TransferStatus(row["status"]),
+        rejection=Rejection(row["rejection"]) if row["rejection"] else None,
+        postings=postings,
+        reverses=row["reverses"],
+        reversed_by=row["reversed_by"],
+        seq=row["seq"],
+    )
+
+
+class PostgresLedgerStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def load(self, account_ids: Collection[str], keys: Collection[str]) -> LedgerView:
+        try:
+            async with self._pool.acquire() as conn:
+                transfers: dict[str, TransferRecord] = {}
+                if keys:
+                    for row in await conn.fetch(LOAD_TRANSFERS, list(keys)):
+                        record = transfer_from_row(row)
+                        transfers[record.key] = record
+                wanted = set(account_ids)
+                for record in transfers.values():
+                    wanted.update(p.account_id for p in record.postings)
+                accounts: dict[str, AccountState] = {}
+                if wanted:
+                    for row in await conn.fetch(LOAD_ACCOUNTS, list(wanted)):
+                        accounts[row["id"]] = account_from_row(row)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return LedgerView(accounts=accounts, transfers=transfers)
+
+    async def commit(self, plan: BatchPlan) -> int:
+        ids = sorted(plan.balances)
+        before = [plan.balances[i].before_minor for i in ids]
+        after = [plan.balances[i].after_minor for i in ids]
+        try:
+            async with self._pool.acquire() as conn:
+                first: int = await conn.fetchval(COMMIT, list(plan.events), ids, before, after)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return first
+
+    async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
+        async with self._pool.acquire() as conn:
+            if at_seq is None:
+                value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
+                return value
+            row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
+        if row is None or row["opened_seq"] > at_seq:
+            return None
+        return row["balance"] if row["balance"] is not None else 0
+
+    async def head(self) -> LogHead:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(HEAD)
+        return LogHead(row["seq"], bytes(row["hash"]), row["batches"])
+
+    async def events(self, after_seq: int = 0, chunk: int = 5000) -> AsyncIterator[StoredEvent]:
+        last = after_seq
+        while True:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(EVENTS, last, chunk)
+            for row in rows:
+                yield StoredEvent(row["seq"], row["content"], bytes(row["hash"]))
+            if len(rows) < chunk:
+                return
+            last = rows[-1]["seq"]

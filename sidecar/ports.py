@@ -1,0 +1,51 @@
+"""The ports the services need, as Protocols. Adapters live in ``sidecar.db`` (PostgreSQL) and
+``sidecar.memory`` (in-memory fakes that pass the same contract suite, tests/contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.domain.ledger import BatchPlan, LedgerView
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    seq: int
+    hash: bytes
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    content: str
+    hash: bytes
+
+
+class LedgerStore(Protocol):
+    """Where committed ledger state lives.
+
+    ``load`` returns the accounts named, the transfers recorded under the keys named, the
+    transfer that reversed each of those (if any), and the accounts their postings touch.
+    ``commit`` writes a plan atomically: events, derived rows and balances, or nothing. It
+    raises ``PlanStale`` when a balance the plan assumed has changed, ``KeysTaken`` when a key
+    it decided was decided meanwhile, ``AccountsTaken`` when an account it opens exists.
+    """
+
+    async def load(self, account_ids: Collection[str], keys: Collection[str]) -> LedgerView: ...
+
+    async def commit(self, plan: BatchPlan) -> int:
+        """Returns the seq of the plan's first event."""
+        ...
+
+    async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
+        """Balance after the last posting at or before ``at_seq`` (latest if None);
+        None when the account does not exist (or did not yet exist at ``at_seq``)."""
+        ...
+
+    async def head(self) -> LogHead: ...
+
+    def events(self, after_seq: int = 0, chunk: int = 5000) -> AsyncIterator[StoredEvent]: ...
