@@ -46,7 +46,7 @@ LEFT JOIN LATERAL (
            array_agg(currency ORDER BY leg) AS currencies,
            array_agg(amount_minor ORDER BY leg) AS amounts,
            array_agg(balance_after_minor ORDER BY leg) AS balances
-    FROM postings WHERE transfer_key = t.key
+    FROM postings WHERE seq = t.seq
 ) p ON true
 """
 
@@ -104,6 +104,21 @@ def transfer_from_row(row: Any) -> TransferRecord:
     )
 
 
+async def post_batch(
+    conn: asyncpg.Connection,
+    events: list[str],
+    account_ids: list[str],
+    before: list[int],
+    after: list[int],
+) -> int:
+    """Write and seal one batch in one statement; returns the first event's seq."""
+    try:
+        first: int = await conn.fetchval(COMMIT, events, account_ids, before, after)
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        raise translate(exc) from exc
+    return first
+
+
 class PostgresLedgerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -133,10 +148,9 @@ class PostgresLedgerStore:
         after = [plan.balances[i].after_minor for i in ids]
         try:
             async with self._pool.acquire() as conn:
-                first: int = await conn.fetchval(COMMIT, list(plan.events), ids, before, after)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                return await post_batch(conn, list(plan.events), ids, before, after)
+        except (OSError, asyncpg.InterfaceError) as exc:
             raise translate(exc) from exc
-        return first
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
         async with self._pool.acquire() as conn:

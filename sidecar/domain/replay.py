@@ -16,6 +16,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from sidecar.domain.chain import canonical
 from sidecar.domain.ledger import (
     Account,
     AccountState,
@@ -139,3 +140,54 @@ class Fold:
                 totals[p.currency] = totals.get(p.currency, 0) + p.amount_minor
         return totals
 
+
+
+AccountRow = tuple[str, str, int, str, str, int | None, int]
+TransferRow = tuple[str, str, str, str | None, str | None, str, int]
+PostingRow = tuple[int, int, str, str, str, int, int]
+
+
+def expected_rows(
+    seq: int, doc: dict[str, Any]
+) -> tuple[AccountRow | None, TransferRow | None, list[PostingRow]]:
+    """The table rows an event must have produced: its account, its transfer, its postings.
+
+    Shapes match ``sidecar.db.ledger_audit``'s queries so verification compares like with like.
+    """
+    if doc["type"] == "account_opened":
+        return (
+            (
+                doc["account"],
+                doc["currency"],
+                doc["exponent"],
+                doc["normal_side"],
+                doc["status"],
+                doc["overdraft_limit_minor"],
+                seq,
+            ),
+            None,
+            [],
+        )
+    posted = doc["type"] == "transfer_posted"
+    transfer: TransferRow = (
+        doc["key"],
+        doc["fingerprint"],
+        "posted" if posted else "rejected",
+        doc.get("rejection"),
+        doc["reverses"],
+        canonical(doc["metadata"]),
+        seq,
+    )
+    postings: list[PostingRow] = [
+        (
+            seq,
+            leg,
+            doc["key"],
+            p["account"],
+            p["currency"],
+            p["amount_minor"],
+            p["balance_after_minor"],
+        )
+        for leg, p in enumerate(doc.get("postings", []) if posted else [])
+    ]
+    return None, transfer, postings

@@ -27,7 +27,7 @@ CREATE TABLE accounts (
     status                text NOT NULL CHECK (status IN ('open', 'frozen', 'closed')),
     overdraft_limit_minor bigint CHECK (overdraft_limit_minor >= 0),
     balance_minor         bigint NOT NULL DEFAULT 0,
-    opened_seq            bigint NOT NULL,
+    opened_seq            bigint NOT NULL UNIQUE,
     UNIQUE (id, currency),
     CONSTRAINT balance_within_limit
         CHECK (overdraft_limit_minor IS NULL OR balance_minor >= -overdraft_limit_minor)
@@ -69,8 +69,8 @@ CREATE TABLE postings (
     currency            text NOT NULL,
     amount_minor        bigint NOT NULL CHECK (amount_minor <> 0),
     balance_after_minor bigint NOT NULL,
-    seq                 bigint NOT NULL,
-    PRIMARY KEY (transfer_key, leg),
+    seq                 bigint NOT NULL,  -- the event that posted it
+    PRIMARY KEY (seq, leg),
     FOREIGN KEY (account_id, currency) REFERENCES accounts (id, currency)
 );
 -- point-in-time balance: the last posting at or before a seq
@@ -152,31 +152,34 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT p.transfer_key, p.currency, sum(p.amount_minor) AS off INTO bad
+    -- grouped by the posting event: every posting of one entry carries that entry's seq
+    SELECT p.seq, p.currency, sum(p.amount_minor) AS off INTO bad
     FROM postings p
-    WHERE p.transfer_key IN (SELECT DISTINCT transfer_key FROM new_postings)
-    GROUP BY p.transfer_key, p.currency
+    WHERE p.seq IN (SELECT DISTINCT seq FROM new_postings)
+    GROUP BY p.seq, p.currency
     HAVING sum(p.amount_minor) <> 0
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
             CONSTRAINT = 'postings_balanced',
-            MESSAGE = format('transfer %s does not balance in %s: off by %s',
-                             bad.transfer_key, bad.currency, bad.off);
+            MESSAGE = format('entry at seq %s does not balance in %s: off by %s',
+                             bad.seq, bad.currency, bad.off);
     END IF;
-    SELECT t.key, t.status, count(p.*) AS legs INTO bad
-    FROM transfers t JOIN postings p ON p.transfer_key = t.key
-    WHERE t.key IN (SELECT DISTINCT transfer_key FROM new_postings)
-    GROUP BY t.key, t.status
-    HAVING t.status <> 'posted' OR count(p.*) < 2
+    SELECT p.seq, min(t.status) AS status, count(*) AS legs,
+           count(DISTINCT p.transfer_key) AS keys, bool_and(t.seq = p.seq) AS same INTO bad
+    FROM postings p LEFT JOIN transfers t ON t.key = p.transfer_key
+    WHERE p.seq IN (SELECT DISTINCT seq FROM new_postings)
+    GROUP BY p.seq
+    HAVING count(*) < 2 OR count(DISTINCT p.transfer_key) <> 1
+        OR bool_and(t.status = 'posted' AND t.seq = p.seq) IS NOT TRUE
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
             CONSTRAINT = 'postings_balanced',
-            MESSAGE = format('transfer %s (%s) cannot have %s postings',
-                             bad.key, bad.status, bad.legs);
+            MESSAGE = format('the %s postings at seq %s do not form one posted entry',
+                             bad.legs, bad.seq);
     END IF;
     RETURN NULL;
 END $$;
@@ -187,7 +190,7 @@ CREATE TRIGGER postings_balanced AFTER INSERT ON postings
 CREATE FUNCTION transfers_have_postings() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
-    IF (SELECT count(*) FROM postings WHERE transfer_key = NEW.key) < 2 THEN
+    IF (SELECT count(*) FROM postings WHERE seq = NEW.seq) < 2 THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
             CONSTRAINT = 'transfers_have_postings',

@@ -1,0 +1,202 @@
+"""The ``ledger-sidecar`` command: parse, load settings once, call a service, set the exit code.
+
+Exit codes: 0 success; 1 the check or action failed (for example ``ledger verify`` found a
+problem); 2 bad usage or configuration; 3 the database could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+
+from sidecar import __version__, config
+from sidecar.config import Settings
+from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
+from sidecar.report import progress, table
+
+Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+
+
+async def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.migrate import migrate
+
+    report = await migrate(settings.database)
+    for name in report.already:
+        print(f"  already applied  {name}")
+    for name in report.applied:
+        print(f"  applied          {name}")
+    print(f"schema {report.schema} is up to date ({len(report.applied)} applied now)")
+    return 0
+
+
+async def _db_ping(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.connect import connection
+
+    async with connection(settings.database) as conn:
+        version = await conn.fetchval("SHOW server_version")
+    if not args.quiet:
+        print(f"PostgreSQL {version} at {settings.database.url}")
+    return 0
+
+
+async def _ledger_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.verify import verify
+
+    report = await verify(settings.database, None if args.json else progress("events checked"))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        rows = [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in report.checks]
+        print(table(["check", "result", "detail"], rows))
+        print(f"\nledger {settings.database.schema}: {'OK' if report.ok else 'FAILED'}")
+    return 0 if report.ok else 1
+
+
+async def _ledger_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.rebuild import rebuild
+
+    report = await rebuild(
+        settings.database,
+        args.into,
+        keep=args.keep,
+        progress=None if args.json else progress("events replayed"),
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.identical else 1
+    print(
+        table(
+            ["", "live", "rebuilt"],
+            [
+                ["schema", report.live_schema, report.rebuilt_schema],
+                ["head seq", report.live_head[0], report.rebuilt_head[0]],
+                ["head hash", report.live_head[1][:16], report.rebuilt_head[1][:16]],
+            ],
+        )
+    )
+    print(
+        f"\n{report.events:,} events, {report.accounts:,} accounts, "
+        f"{report.events_per_s:,.0f} events/s"
+    )
+    if report.fold_error:
+        print(f"the log does not replay: {report.fold_error}")
+    for line in report.balance_differences:
+        print(f"balance differs: {line}")
+    print("identical" if report.identical else "DIFFERENT")
+    return 0 if report.identical else 1
+
+
+async def _ledger_balance(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.connect import create_pool
+    from sidecar.db.ledger_store import PostgresLedgerStore
+
+    pool = await create_pool(replace(settings.database, pool_connections_min=1))
+    try:
+        balance = await PostgresLedgerStore(pool).balance(args.account, args.at_seq)
+    finally:
+        await pool.close()
+    if balance is None:
+        print(f"account {args.account} does not exist" + (
+            f" at seq {args.at_seq}" if args.at_seq is not None else ""
+        ), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"account": args.account, "at_seq": args.at_seq,
+                          "balance_minor": balance}))
+    else:
+        print(balance)
+    return 0
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.demo.ledger_demo import run_demo
+
+    demo_settings = replace(settings, database=replace(settings.database, schema=args.schema))
+    return await run_demo(demo_settings, seconds=args.seconds, customers=args.customers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger-sidecar",
+        description="Shadow a legacy ledger with a double-entry ledger on PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", help="TOML config file (default: $LEDGER_SIDECAR_CONFIG, else built-ins)"
+    )
+    parser.add_argument(
+        "--schema", dest="schema_override", help="ledger schema (overrides database.schema)"
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    db = groups.add_parser("db", help="database set-up").add_subparsers(
+        dest="command", required=True
+    )
+    p = db.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
+    p.set_defaults(handler=_db_migrate)
+    p = db.add_parser("ping", help="exit 0 if the database answers")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_db_ping)
+
+    ledger = groups.add_parser("ledger", help="ledger checks and reads").add_subparsers(
+        dest="command", required=True
+    )
+    p = ledger.add_parser("verify", help="check hash chain, rows, trial balance and balances")
+    p.add_argument("--json", action="store_true", help='print {"ok", "checks": [...]}')
+    p.set_defaults(handler=_ledger_verify)
+    p = ledger.add_parser("rebuild", help="replay the event log into a fresh schema and compare")
+    p.add_argument("--into", help="schema to rebuild into (default: <schema>_rebuild)")
+    p.add_argument("--keep", action="store_true", help="keep the rebuilt schema afterwards")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_ledger_rebuild)
+    p = ledger.add_parser("balance", help="an account's balance in minor units")
+    p.add_argument("account")
+    p.add_argument("--at-seq", type=int, help="balance as of this event-log seq")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_ledger_balance)
+
+    p = groups.add_parser("demo", help="a short self-checking ledger demo on a fresh schema")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--customers", type=int, default=200)
+    p.add_argument("--schema", default="ledger_demo")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.load(args.config, os.environ)
+        if args.schema_override:
+            raw = {"schema": args.schema_override}
+            checked = config.from_dict({"database": raw}).database.schema
+            settings = replace(settings, database=replace(settings.database, schema=checked))
+    except ConfigError as exc:
+        print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(settings, args))
+    except DatabaseUnreachable as exc:
+        print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
+        print(
+            "  is PostgreSQL running? set DATABASE_URL, or run ./scripts/demo which starts one",
+            file=sys.stderr,
+        )
+        return 3
+    except SidecarError as exc:
+        print(f"ledger-sidecar: [{exc.code}] {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
