@@ -1,0 +1,137 @@
+"""What PostgreSQL itself refuses, whatever the Python code does (we connect as superuser)."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import pytest
+
+from sidecar.domain.chain import canonical
+from sidecar.posting import Ledger
+from tests.ledger_builders import open_bank, pay
+
+POST = "SELECT post_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[])"
+
+
+def posted(key: str, postings: list[tuple[str, int, int]]) -> str:
+    return canonical(
+        {
+            "type": "transfer_posted",
+            "key": key,
+            "fingerprint": "00",
+            "reverses": None,
+            "metadata": {},
+            "postings": [
+                {"account": a, "currency": "EUR", "amount_minor": m, "balance_after_minor": b}
+                for a, m, b in postings
+            ],
+        }
+    )
+
+
+async def test_the_database_refuses_an_unbalanced_entry(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    event = posted("evil", [("c0", 100, 9_900), ("c1", -90, 10_090)])
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        await conn.fetchval(POST, [event], ["c0", "c1"], [10_000, 10_000], [9_900, 10_090])
+
+
+async def test_the_database_refuses_a_one_legged_entry(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")  # skip FKs to forge
+        seq = await conn.fetchval("SELECT seq FROM log_head") + 1
+        await conn.execute(
+            "INSERT INTO events (seq, batch, type, content, hash) VALUES ($1, 0, 'x', '{}', $2)",
+            seq, bytes(32),
+        )
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO transfers (key, fingerprint, status, seq) "
+                "VALUES ('solo', '\\x00', 'posted', $1)", seq,
+            )
+            await conn.execute(
+                "INSERT INTO postings VALUES ('solo', 0, 'c0', 'EUR', 0 + 5, 5, $1)", seq
+            )
+
+
+async def test_direct_unbalanced_postings_are_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    seq = (await ledger.transfer(pay("t1", "c0", "c1", 100))).seq
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            "INSERT INTO postings VALUES ('t1', 2, 'c0', 'EUR', 50, 9850, $1)", seq
+        )
+
+
+@pytest.mark.parametrize("table", ["events", "transfers", "postings"])
+@pytest.mark.parametrize("statement", ["UPDATE {t} SET seq = seq", "DELETE FROM {t}",
+                                       "TRUNCATE {t} CASCADE"])
+async def test_append_only_tables_refuse_changes_even_for_their_owner(
+    ledger: Ledger, conn: asyncpg.Connection, table: str, statement: str
+) -> None:
+    await open_bank(ledger)
+    await ledger.transfer(pay("t1", "c0", "c1", 100))
+    with pytest.raises(asyncpg.PostgresError, match="append-only") as caught:
+        await conn.execute(statement.format(t=table))
+    assert caught.value.sqlstate == "LS001"
+
+
+async def test_accounts_cannot_be_deleted_or_change_identity(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await conn.execute("DELETE FROM accounts WHERE id = 'c0'")
+    with pytest.raises(asyncpg.PostgresError, match="fixed"):
+        await conn.execute("UPDATE accounts SET currency = 'USD' WHERE id = 'c0'")
+
+
+async def test_a_balance_below_its_floor_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    with pytest.raises(asyncpg.CheckViolationError, match="balance_within_limit"):
+        await conn.execute("UPDATE accounts SET balance_minor = -1 WHERE id = 'c0'")
+
+
+async def test_a_posting_in_another_currency_than_its_account_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    doc = json.loads(posted("fx", [("c0", 100, 9_900), ("c1", -100, 10_100)]))
+    for p in doc["postings"]:
+        p["currency"] = "USD"
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await conn.fetchval(POST, [canonical(doc)], ["c0", "c1"], [10_000, 10_000],
+                            [9_900, 10_100])
+
+
+async def test_a_plan_from_stale_balances_is_refused_and_changes_nothing(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    head = await conn.fetchval("SELECT seq FROM log_head")
+    event = posted("late", [("c0", 100, 9_800), ("c1", -100, 10_200)])
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        await conn.fetchval(POST, [event], ["c0", "c1"], [9_900, 10_100], [9_800, 10_200])
+    assert caught.value.sqlstate == "LS409"
+    assert await conn.fetchval("SELECT seq FROM log_head") == head
+
+
+async def test_balances_that_disagree_with_the_postings_are_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    event = posted("skim", [("c0", 100, 9_900), ("c1", -100, 10_100)])
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        await conn.fetchval(POST, [event], ["c0", "c1"], [10_000, 10_000], [9_900, 10_150])
+    assert caught.value.sqlstate == "LS500"
