@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 
 from sidecar import __version__, config
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
 
-Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 async def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,13 +103,16 @@ async def _ledger_balance(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await pool.close()
     if balance is None:
-        print(f"account {args.account} does not exist" + (
-            f" at seq {args.at_seq}" if args.at_seq is not None else ""
-        ), file=sys.stderr)
+        print(
+            f"account {args.account} does not exist"
+            + (f" at seq {args.at_seq}" if args.at_seq is not None else ""),
+            file=sys.stderr,
+        )
         return 1
     if args.json:
-        print(json.dumps({"account": args.account, "at_seq": args.at_seq,
-                          "balance_minor": balance}))
+        print(
+            json.dumps({"account": args.account, "at_seq": args.at_seq, "balance_minor": balance})
+        )
     else:
         print(balance)
     return 0

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.domain.chain import GENESIS, link
-from sidecar.domain.ledger import AccountState, BatchPlan, LedgerView, TransferRecord
+from sidecar.domain.ledger import BatchPlan, LedgerView, TransferRecord
 from sidecar.domain.replay import Fold, FoldError
 from sidecar.errors import AccountsTaken, KeysTaken, LedgerIntegrityError, PlanStale
 from sidecar.ports import LogHead, StoredEvent
@@ -213,9 +213,7 @@ class InMemoryLedgerStore:
         With the assumed balances checked, the balances the plan leaves must be the folded
         ones, every account a posting moved must be among them, and none may cross its floor.
         """
-        moved = {
-            p.account_id for key in names.keys for p in scratch.transfers[key].postings
-        }
+        moved = {p.account_id for key in names.keys for p in scratch.transfers[key].postings}
         wrong = sorted(moved - plan.balances.keys())
         over: list[str] = []
         for account_id, change in plan.balances.items():

@@ -181,6 +181,12 @@ class PostingWriter:
             try:
                 view = await self._view(commands, load_all_keys)
                 plan = plan_batch(view, commands)
+                if not load_all_keys and any(isinstance(r, SidecarError) for r in plan.results):
+                    # An error may hide a replay or a conflict: the key was assumed new and
+                    # not loaded. Decide again knowing every key (costs a read, only on errors).
+                    load_all_keys = True
+                    view = await self._view(commands, load_all_keys)
+                    plan = plan_batch(view, commands)
                 if plan.is_empty:
                     results = plan.results
                 else:
@@ -222,9 +228,9 @@ class PostingWriter:
         account_ids, keys = keys_needed(commands)
         # Keys are assumed new (the common case) unless a commit said otherwise; reversal
         # targets are always loaded since the plan needs their postings.
-        wanted_keys = keys if load_all_keys else {
-            c.reverses for c in commands if isinstance(c, Reversal)
-        }
+        wanted_keys = (
+            keys if load_all_keys else {c.reverses for c in commands if isinstance(c, Reversal)}
+        )
         accounts: dict[str, AccountState] = {}
         missing: set[str] = set()
         for account_id in account_ids:
@@ -283,9 +289,7 @@ class Ledger:
 
     def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
         self.store = store
-        self.writers = [
-            PostingWriter(store, settings, f"p{i}") for i in range(settings.partitions)
-        ]
+        self.writers = [PostingWriter(store, settings, f"p{i}") for i in range(settings.partitions)]
 
     async def start(self) -> None:
         for writer in self.writers:

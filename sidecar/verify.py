@@ -80,7 +80,8 @@ class _RowDiff:
             want, have = expected.get(key), actual.get(key)
             if want == have:
                 continue
-            seq = (want or have)[-1] if what != "posting" else key[0]
+            row: Any = want if want is not None else have
+            seq = key[0] if what == "posting" else row[-1]
             if have is None:
                 self.add(seq, f"{what} {key} of event {seq} is missing from its table")
             elif want is None:

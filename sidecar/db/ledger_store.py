@@ -153,25 +153,36 @@ class PostgresLedgerStore:
             raise translate(exc) from exc
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
-        async with self._pool.acquire() as conn:
-            if at_seq is None:
-                value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
-                return value
-            row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
+        try:
+            async with self._pool.acquire() as conn:
+                if at_seq is None:
+                    value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
+                    return value
+                row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
         if row is None or row["opened_seq"] > at_seq:
             return None
         return row["balance"] if row["balance"] is not None else 0
 
     async def head(self) -> LogHead:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(HEAD)
+        try:
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(HEAD)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
         return LogHead(row["seq"], bytes(row["hash"]), row["batches"])
 
     async def events(self, after_seq: int = 0, chunk: int = 5000) -> AsyncIterator[StoredEvent]:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
         last = after_seq
         while True:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(EVENTS, last, chunk)
+            try:
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(EVENTS, last, chunk)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                raise translate(exc) from exc
             for row in rows:
                 yield StoredEvent(row["seq"], row["content"], bytes(row["hash"]))
             if len(rows) < chunk:

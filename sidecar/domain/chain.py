@@ -19,8 +19,9 @@ GENESIS = bytes(32)
 
 def canonical(document: dict[str, Any]) -> str:
     """One text for one meaning: sorted keys, no spaces, no floats allowed."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def link(prev: bytes, seq: int, content: str) -> bytes:

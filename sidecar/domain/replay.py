@@ -141,7 +141,6 @@ class Fold:
         return totals
 
 
-
 AccountRow = tuple[str, str, int, str, str, int | None, int]
 TransferRow = tuple[str, str, str, str | None, str | None, str, int]
 PostingRow = tuple[int, int, str, str, str, int, int]

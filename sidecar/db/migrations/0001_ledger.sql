@@ -44,7 +44,8 @@ INSERT INTO log_head (seq, hash, batches) VALUES (0, decode(repeat('00', 32), 'h
 CREATE TABLE events (
     seq         bigint PRIMARY KEY CHECK (seq > 0),
     batch       bigint NOT NULL,
-    type        text NOT NULL,
+    type        text NOT NULL
+                CHECK (type IN ('account_opened', 'transfer_posted', 'transfer_rejected')),
     content     text NOT NULL,
     hash        bytea NOT NULL CHECK (octet_length(hash) = 32),
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
@@ -54,7 +55,9 @@ CREATE TABLE transfers (
     key         text PRIMARY KEY CHECK (key ~ '^[\x21-\x7e]{1,128}$'),
     fingerprint bytea NOT NULL,
     status      text NOT NULL CHECK (status IN ('posted', 'rejected')),
-    rejection   text CHECK ((status = 'rejected') = (rejection IS NOT NULL)),
+    rejection   text CHECK ((status = 'rejected') = (rejection IS NOT NULL))
+                CHECK (rejection IN ('insufficient_funds', 'account_not_open',
+                                     'balance_out_of_range')),
     reverses    text REFERENCES transfers (key),
     metadata    jsonb NOT NULL DEFAULT '{}',
     seq         bigint NOT NULL UNIQUE REFERENCES events (seq)
@@ -309,6 +312,28 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'LS500',
             MESSAGE = 'planned balances disagree with the planned postings',
+            DETAIL = v_stale;
+    END IF;
+
+    -- every posting's balance-after is the running balance up to it (point-in-time reads)
+    SELECT string_agg(DISTINCT r.account_id, ', ') INTO v_stale
+    FROM (
+        SELECT x.p ->> 'account' AS account_id,
+               (x.p ->> 'balance_after_minor')::bigint AS said,
+               g.before + sum(CASE a.normal_side WHEN 'debit' THEN (x.p ->> 'amount_minor')::bigint
+                                                 ELSE -(x.p ->> 'amount_minor')::bigint END)
+                   OVER (PARTITION BY g.id ORDER BY u.n, x.l) AS running
+        FROM unnest(v_docs) WITH ORDINALITY AS u (d, n),
+             jsonb_array_elements(u.d -> 'postings') WITH ORDINALITY AS x (p, l),
+             unnest(p_account_ids, p_balances_before) AS g (id, before),
+             accounts a
+        WHERE u.d ->> 'type' = 'transfer_posted' AND g.id = x.p ->> 'account' AND a.id = g.id
+    ) AS r
+    WHERE r.running <> r.said;
+    IF v_stale IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'LS500',
+            MESSAGE = 'planned balance-after values disagree with the running balances',
             DETAIL = v_stale;
     END IF;
 
