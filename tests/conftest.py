@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
-
 from sidecar import config
 from sidecar.config import DatabaseSettings, Settings
 from sidecar.db.connect import create_pool

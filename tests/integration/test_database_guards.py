@@ -6,9 +6,9 @@ import json
 
 import asyncpg
 import pytest
-
 from sidecar.domain.chain import canonical
 from sidecar.posting import Ledger
+
 from tests.ledger_builders import open_bank, pay
 
 POST = "SELECT post_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[])"
@@ -47,14 +47,17 @@ async def test_the_database_refuses_a_one_legged_entry(
         await conn.execute("SET LOCAL session_replication_role = replica")  # skip FKs to forge
         seq = await conn.fetchval("SELECT seq FROM log_head") + 1
         await conn.execute(
-            "INSERT INTO events (seq, batch, type, content, hash) VALUES ($1, 0, 'x', '{}', $2)",
-            seq, bytes(32),
+            "INSERT INTO events (seq, batch, type, content, hash) "
+            "VALUES ($1, 0, 'transfer_posted', '{}', $2)",
+            seq,
+            bytes(32),
         )
     with pytest.raises(asyncpg.CheckViolationError):
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO transfers (key, fingerprint, status, seq) "
-                "VALUES ('solo', '\\x00', 'posted', $1)", seq,
+                "VALUES ('solo', '\\x00', 'posted', $1)",
+                seq,
             )
             await conn.execute(
                 "INSERT INTO postings VALUES ('solo', 0, 'c0', 'EUR', 0 + 5, 5, $1)", seq
@@ -67,14 +70,13 @@ async def test_direct_unbalanced_postings_are_refused(
     await open_bank(ledger)
     seq = (await ledger.transfer(pay("t1", "c0", "c1", 100))).seq
     with pytest.raises(asyncpg.CheckViolationError):
-        await conn.execute(
-            "INSERT INTO postings VALUES ('t1', 2, 'c0', 'EUR', 50, 9850, $1)", seq
-        )
+        await conn.execute("INSERT INTO postings VALUES ('t1', 2, 'c0', 'EUR', 50, 9850, $1)", seq)
 
 
 @pytest.mark.parametrize("table", ["events", "transfers", "postings"])
-@pytest.mark.parametrize("statement", ["UPDATE {t} SET seq = seq", "DELETE FROM {t}",
-                                       "TRUNCATE {t} CASCADE"])
+@pytest.mark.parametrize(
+    "statement", ["UPDATE {t} SET seq = seq", "DELETE FROM {t}", "TRUNCATE {t} CASCADE"]
+)
 async def test_append_only_tables_refuse_changes_even_for_their_owner(
     ledger: Ledger, conn: asyncpg.Connection, table: str, statement: str
 ) -> None:
@@ -111,8 +113,7 @@ async def test_a_posting_in_another_currency_than_its_account_is_refused(
     for p in doc["postings"]:
         p["currency"] = "USD"
     with pytest.raises(asyncpg.ForeignKeyViolationError):
-        await conn.fetchval(POST, [canonical(doc)], ["c0", "c1"], [10_000, 10_000],
-                            [9_900, 10_100])
+        await conn.fetchval(POST, [canonical(doc)], ["c0", "c1"], [10_000, 10_000], [9_900, 10_100])
 
 
 async def test_a_plan_from_stale_balances_is_refused_and_changes_nothing(

@@ -6,7 +6,6 @@ import asyncio
 
 import asyncpg
 import pytest
-
 from sidecar.domain.ledger import Account, NormalSide, Reversal, Transfer
 from sidecar.domain.outcome import Rejection, TransferStatus
 from sidecar.errors import (
@@ -18,6 +17,7 @@ from sidecar.errors import (
     UnknownTransfer,
 )
 from sidecar.posting import Ledger
+
 from tests.ledger_builders import EUR, USD, open_bank, pay
 
 
@@ -91,18 +91,24 @@ async def test_fifty_concurrent_submissions_of_one_key_make_one_entry(
     ledger: Ledger, conn: asyncpg.Connection
 ) -> None:
     await open_bank(ledger)
-    results = await asyncio.gather(*(ledger.transfer(pay("same", "c0", "c1", 10)) for _ in range(50)))
+    results = await asyncio.gather(
+        *(ledger.transfer(pay("same", "c0", "c1", 10)) for _ in range(50))
+    )
     assert sum(not r.replayed for r in results) == 1
     assert len({r.seq for r in results}) == 1
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE key = 'same'") == 1
-    assert await conn.fetchval(
-        "SELECT count(*) FROM events WHERE content LIKE '%\"key\":\"same\"%'"
-    ) == 1
+    assert (
+        await conn.fetchval('SELECT count(*) FROM events WHERE content LIKE \'%"key":"same"%\'')
+        == 1
+    )
     assert await ledger.balance("c1") == 10_010
 
 
 async def test_fifty_submissions_of_one_key_from_two_processes_make_one_entry(
-    ledger: Ledger, pool: asyncpg.Pool, settings, conn: asyncpg.Connection  # type: ignore[no-untyped-def]
+    ledger: Ledger,
+    pool: asyncpg.Pool,
+    settings,
+    conn: asyncpg.Connection,  # type: ignore[no-untyped-def]
 ) -> None:
     from sidecar.db.ledger_store import PostgresLedgerStore
 
@@ -125,7 +131,10 @@ async def test_fifty_submissions_of_one_key_from_two_processes_make_one_entry(
     ],
 )
 async def test_bad_input_gets_a_typed_error_and_changes_nothing(
-    ledger: Ledger, conn: asyncpg.Connection, command, error  # type: ignore[no-untyped-def]
+    ledger: Ledger,
+    conn: asyncpg.Connection,
+    command,
+    error,  # type: ignore[no-untyped-def]
 ) -> None:
     await open_bank(ledger)
     await ledger.open_account(Account("usd", USD, NormalSide.CREDIT, None))
@@ -147,7 +156,10 @@ async def test_bad_input_gets_a_typed_error_and_changes_nothing(
     ],
 )
 async def test_malformed_commands_never_reach_the_database(
-    ledger: Ledger, conn: asyncpg.Connection, build, error  # type: ignore[no-untyped-def]
+    ledger: Ledger,
+    conn: asyncpg.Connection,
+    build,
+    error,  # type: ignore[no-untyped-def]
 ) -> None:
     await open_bank(ledger)
     before = await snapshot(conn)

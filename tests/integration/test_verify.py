@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-
 from sidecar.config import DatabaseSettings
 from sidecar.posting import Ledger
 from sidecar.verify import verify
+
 from tests.ledger_builders import open_bank, pay
 
 
@@ -30,41 +30,92 @@ async def test_an_untouched_ledger_verifies(db: DatabaseSettings, seqs: list[int
     report = await verify(db)
     assert report.ok, report.to_dict()
     assert {c.name for c in report.checks} == {
-        "hash_chain", "rows_match_log", "log_replays", "trial_balance", "cached_balances"
+        "hash_chain",
+        "rows_match_log",
+        "log_replays",
+        "trial_balance",
+        "cached_balances",
     }
     assert report.head_seq == seqs[-1] == 12
 
 
 TAMPERING = [
-    ("posting amount changed", ["UPDATE postings SET amount_minor = amount_minor + 1 "
-                                "WHERE seq = 9 AND leg = 0"], "rows_match_log", 9),
+    (
+        "posting amount changed",
+        ["UPDATE postings SET amount_minor = amount_minor + 1 WHERE seq = 9 AND leg = 0"],
+        "rows_match_log",
+        9,
+    ),
     ("posting deleted", ["DELETE FROM postings WHERE seq = 9 AND leg = 1"], "rows_match_log", 9),
-    ("posting inserted", ["INSERT INTO postings VALUES ('t1', 2, 'c2', 'EUR', 5, 10005, 9)"],
-     "rows_match_log", 9),
-    ("balance-after rewritten", ["UPDATE postings SET balance_after_minor = 1 "
-                                 "WHERE seq = 10 AND leg = 1"], "rows_match_log", 10),
-    ("transfer status flipped", ["UPDATE transfers SET status = 'rejected', "
-                                 "rejection = 'insufficient_funds' WHERE seq = 10"],
-     "rows_match_log", 10),
-    ("account opened out of thin air",
-     ["INSERT INTO accounts VALUES ('ghost', 'EUR', 2, 'credit', 'open', 0, 0, 11)"],
-     "rows_match_log", 11),
-    ("event content changed", ["UPDATE events SET content = replace(content, '\"amount_minor\":11', "
-                               "'\"amount_minor\":12') WHERE seq = 9"], "hash_chain", 9),
+    (
+        "posting inserted",
+        ["INSERT INTO postings VALUES ('t1', 2, 'c2', 'EUR', 5, 10005, 9)"],
+        "rows_match_log",
+        9,
+    ),
+    (
+        "balance-after rewritten",
+        ["UPDATE postings SET balance_after_minor = 1 WHERE seq = 10 AND leg = 1"],
+        "rows_match_log",
+        10,
+    ),
+    (
+        "transfer status flipped",
+        [
+            "UPDATE transfers SET status = 'rejected', "
+            "rejection = 'insufficient_funds' WHERE seq = 10"
+        ],
+        "rows_match_log",
+        10,
+    ),
+    (
+        "account opened out of thin air",
+        ["INSERT INTO accounts VALUES ('ghost', 'EUR', 2, 'credit', 'open', 0, 0, 11)"],
+        "rows_match_log",
+        11,
+    ),
+    (
+        "event content changed",
+        [
+            "UPDATE events SET content = replace(content, '\"amount_minor\":11', "
+            "'\"amount_minor\":12') WHERE seq = 9"
+        ],
+        "hash_chain",
+        9,
+    ),
     ("event deleted", ["DELETE FROM events WHERE seq = 9"], "hash_chain", 9),
-    ("event appended", ["INSERT INTO events (seq, batch, type, content, hash) "
-                        "SELECT 13, 99, type, content, hash FROM events WHERE seq = 12"],
-     "hash_chain", 13),
-    ("rows beyond the head", ["INSERT INTO transfers VALUES ('late', '\\x00', 'rejected', "
-                              "'insufficient_funds', NULL, '{}', 40)"], "rows_match_log", 40),
+    (
+        "event appended",
+        [
+            "INSERT INTO events (seq, batch, type, content, hash) "
+            "SELECT 13, 99, type, content, hash FROM events WHERE seq = 12"
+        ],
+        "hash_chain",
+        13,
+    ),
+    (
+        "rows beyond the head",
+        [
+            "INSERT INTO transfers VALUES ('late', '\\x00', 'rejected', "
+            "'insufficient_funds', NULL, '{}', 40)"
+        ],
+        "rows_match_log",
+        40,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "statements", "check", "seq"), TAMPERING,
-                         ids=[t[0] for t in TAMPERING])
+@pytest.mark.parametrize(
+    ("what", "statements", "check", "seq"), TAMPERING, ids=[t[0] for t in TAMPERING]
+)
 async def test_tampering_is_reported_at_the_right_seq(
-    db: DatabaseSettings, conn: asyncpg.Connection, seqs: list[int],
-    what: str, statements: list[str], check: str, seq: int,
+    db: DatabaseSettings,
+    conn: asyncpg.Connection,
+    seqs: list[int],
+    what: str,
+    statements: list[str],
+    check: str,
+    seq: int,
 ) -> None:
     await tamper(conn, *statements)
     report = await verify(db)
@@ -87,8 +138,9 @@ async def test_a_cached_balance_that_disagrees_with_its_postings_is_reported(
 async def test_a_trial_balance_off_zero_is_reported(
     db: DatabaseSettings, conn: asyncpg.Connection, seqs: list[int]
 ) -> None:
-    await tamper(conn, "UPDATE postings SET amount_minor = amount_minor + 7 WHERE seq = 8 "
-                       "AND leg = 0")
+    await tamper(
+        conn, "UPDATE postings SET amount_minor = amount_minor + 7 WHERE seq = 8 AND leg = 0"
+    )
     report = await verify(db)
     assert not report.check("trial_balance").ok
     assert "EUR 7" in report.check("trial_balance").detail

@@ -4,7 +4,6 @@ import hashlib
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sidecar.domain.chain import GENESIS, ChainChecker, canonical, link
 
 

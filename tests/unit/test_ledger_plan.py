@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sidecar.domain.ledger import (
     Account,
     AccountState,
     Command,
-    Leg,
     LedgerView,
+    Leg,
     NormalSide,
     OpenAccount,
     Reversal,
@@ -131,7 +130,9 @@ def test_replayed_key_with_same_payload_returns_the_first_outcome() -> None:
 
 
 def test_replayed_key_with_other_amount_is_a_conflict() -> None:
-    plan = plan_batch(EMPTY, [*OPEN_ALL, pay("f", "cash-eur", "a", 100), pay("f", "cash-eur", "a", 101)])
+    plan = plan_batch(
+        EMPTY, [*OPEN_ALL, pay("f", "cash-eur", "a", 100), pay("f", "cash-eur", "a", 101)]
+    )
     assert isinstance(plan.results[-1], IdempotencyConflict)
     assert plan.balances["a"].after_minor == 100
 
@@ -162,8 +163,13 @@ def test_reversing_twice_returns_the_first_reversal_and_moves_nothing() -> None:
 
 def test_a_bad_command_does_not_abort_its_batch() -> None:
     plan = plan_batch(
-        EMPTY, [*OPEN_ALL, pay("x", "cash-eur", "a", 10), pay("x", "cash-eur", "a", 11),
-                pay("y", "cash-eur", "b", 10)]
+        EMPTY,
+        [
+            *OPEN_ALL,
+            pay("x", "cash-eur", "a", 10),
+            pay("x", "cash-eur", "a", 11),
+            pay("y", "cash-eur", "b", 10),
+        ],
     )
     ok1, conflict, ok2 = plan.results[-3:]
     assert isinstance(conflict, IdempotencyConflict)
@@ -174,7 +180,9 @@ def test_a_bad_command_does_not_abort_its_batch() -> None:
 def test_unknown_accounts_and_currency_mismatches_are_errors_that_record_nothing() -> None:
     view = LedgerView({a.id: AccountState(a, 0) for a in ACCOUNTS}, {})
     mismatch = Transfer.between("m", debit="u", credit="a", amount_minor=1, currency="USD")
-    unknown = Transfer.between("n", debit="cash-eur", credit="ghost", amount_minor=1, currency="EUR")
+    unknown = Transfer.between(
+        "n", debit="cash-eur", credit="ghost", amount_minor=1, currency="EUR"
+    )
     plan = plan_batch(view, [mismatch, unknown])
     assert isinstance(plan.results[0], CurrencyMismatch)
     assert isinstance(plan.results[1], UnknownAccount)
@@ -190,13 +198,25 @@ def test_unknown_accounts_and_currency_mismatches_are_errors_that_record_nothing
         (lambda: pay("has space", "cash-eur", "a", 5), InvalidIdempotencyKey),
         (lambda: pay("", "cash-eur", "a", 5), InvalidIdempotencyKey),
         (lambda: pay("k" * 129, "cash-eur", "a", 5), InvalidIdempotencyKey),
-        (lambda: Transfer.between("z", debit="bad id", credit="a", amount_minor=1, currency="EUR"),
-         InvalidAccountId),
-        (lambda: Transfer("z", (Leg("a", Side.DEBIT, 5, "EUR"), Leg("b", Side.CREDIT, 4, "EUR"))),
-         UnbalancedTransfer),
+        (
+            lambda: Transfer.between(
+                "z", debit="bad id", credit="a", amount_minor=1, currency="EUR"
+            ),
+            InvalidAccountId,
+        ),
+        (
+            lambda: Transfer(
+                "z", (Leg("a", Side.DEBIT, 5, "EUR"), Leg("b", Side.CREDIT, 4, "EUR"))
+            ),
+            UnbalancedTransfer,
+        ),
         (lambda: Transfer("z", (Leg("a", Side.DEBIT, 5, "EUR"),)), InvalidCommand),
-        (lambda: Transfer("z", (Leg("a", Side.DEBIT, 5, "EUR"), Leg("u", Side.CREDIT, 5, "USD"))),
-         UnbalancedTransfer),
+        (
+            lambda: Transfer(
+                "z", (Leg("a", Side.DEBIT, 5, "EUR"), Leg("u", Side.CREDIT, 5, "USD"))
+            ),
+            UnbalancedTransfer,
+        ),
         (lambda: Reversal("same", "same"), InvalidCommand),
     ],
 )
@@ -207,8 +227,9 @@ def test_malformed_commands_are_refused_before_they_reach_a_plan(build, error) -
 
 def test_reopening_an_account_with_other_attributes_is_a_conflict() -> None:
     view = LedgerView({"a": AccountState(BY_ID["a"], 0)}, {})
-    plan = plan_batch(view, [OpenAccount(Account("a", EUR, NormalSide.DEBIT, 0)),
-                             OpenAccount(BY_ID["a"])])
+    plan = plan_batch(
+        view, [OpenAccount(Account("a", EUR, NormalSide.DEBIT, 0)), OpenAccount(BY_ID["a"])]
+    )
     assert isinstance(plan.results[0], IdempotencyConflict)
     assert not plan.results[1].created  # type: ignore[union-attr]
     assert plan.is_empty

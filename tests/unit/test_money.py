@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sidecar.domain.money import MINOR_MAX, Amount, Currency
 from sidecar.errors import InvalidAmount, InvalidCurrency
 
@@ -20,8 +19,14 @@ def test_format_then_parse_is_exact(minor: int, currency: Currency) -> None:
 
 @pytest.mark.parametrize(
     ("text", "currency", "minor"),
-    [("12.34", EUR, 1234), ("0.1", EUR, 10), ("-5", EUR, -500), ("1000", JPY, 1000),
-     ("0.001", BHD, 1), ("0.30", EUR, 30)],
+    [
+        ("12.34", EUR, 1234),
+        ("0.1", EUR, 10),
+        ("-5", EUR, -500),
+        ("1000", JPY, 1000),
+        ("0.001", BHD, 1),
+        ("0.30", EUR, 30),
+    ],
 )
 def test_decimal_strings_parse_to_minor_units(text: str, currency: Currency, minor: int) -> None:
     assert Amount.parse(text, currency).minor == minor

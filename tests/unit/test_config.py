@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sidecar import config
+from sidecar.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "sidecar.example.toml"
+
+
+def test_the_example_file_loads_and_equals_the_defaults() -> None:
+    assert config.load(EXAMPLE, {}) == config.from_dict({})
+
+
+def test_database_url_from_the_environment_wins() -> None:
+    settings = config.load(EXAMPLE, {"DATABASE_URL": "postgresql://u@db:5433/x"})
+    assert settings.database.url.reveal() == "postgresql://u@db:5433/x"
+
+
+def test_passwords_never_print() -> None:
+    settings = config.from_dict({}, {"DATABASE_URL": "postgresql://u:hunter2@db/x"})
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.database.url)
+
+
+@pytest.mark.parametrize(
+    ("data", "names"),
+    [
+        ({"ledger": {"batch_commands_max": 0}}, "ledger.batch_commands_max"),
+        ({"ledger": {"batch_linger_ms": "2"}}, "ledger.batch_linger_ms"),
+        ({"ledger": {"partitons": 2}}, "ledger.partitons: unknown setting"),
+        ({"database": {"schema": "Bad-Name"}}, "database.schema"),
+        ({"database": {"url": "mysql://x"}}, "database.url"),
+        (
+            {"database": {"pool_connections_min": 9, "pool_connections_max": 2}},
+            "pool_connections_min",
+        ),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_a_bad_setting_fails_naming_the_key(data: dict[str, object], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        config.from_dict(data)
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml", {})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[ledger\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        config.load(broken, {})
