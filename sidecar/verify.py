@@ -114,6 +114,7 @@ def _actual_rows(
                 r["rejection"],
                 r["reverses"],
                 canonical(json.loads(r["metadata"])),
+                r["legs"],
                 r["seq"],
             )
             for r in transfers

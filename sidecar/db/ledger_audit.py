@@ -17,7 +17,7 @@ SELECT id, currency, currency_exponent, normal_side, status, overdraft_limit_min
 FROM accounts WHERE opened_seq BETWEEN $1 AND $2
 """
 TRANSFERS_IN = """
-SELECT key, fingerprint, status, rejection, reverses, metadata::text AS metadata, seq
+SELECT key, fingerprint, status, rejection, reverses, metadata::text AS metadata, legs, seq
 FROM transfers WHERE seq BETWEEN $1 AND $2
 """
 POSTINGS_IN = """

@@ -142,7 +142,7 @@ class Fold:
 
 
 AccountRow = tuple[str, str, int, str, str, int | None, int]
-TransferRow = tuple[str, str, str, str | None, str | None, str, int]
+TransferRow = tuple[str, str, str, str | None, str | None, str, int, int]
 PostingRow = tuple[int, int, str, str, str, int, int]
 
 
@@ -175,6 +175,7 @@ def expected_rows(
         doc.get("rejection"),
         doc["reverses"],
         canonical(doc["metadata"]),
+        len(doc["postings"]) if posted else 0,
         seq,
     )
     postings: list[PostingRow] = [

@@ -55,8 +55,8 @@ async def test_the_database_refuses_a_one_legged_entry(
     with pytest.raises(asyncpg.CheckViolationError):
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO transfers (key, fingerprint, status, seq) "
-                "VALUES ('solo', '\\x00', 'posted', $1)",
+                "INSERT INTO transfers (key, fingerprint, status, legs, seq) "
+                "VALUES ('solo', '\\x00', 'posted', 2, $1)",
                 seq,
             )
             await conn.execute(
@@ -136,3 +136,37 @@ async def test_balances_that_disagree_with_the_postings_are_refused(
     with pytest.raises(asyncpg.PostgresError) as caught:
         await conn.fetchval(POST, [event], ["c0", "c1"], [10_000, 10_000], [9_900, 10_150])
     assert caught.value.sqlstate == "LS500"
+
+
+async def test_a_posting_to_an_unknown_account_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    event = posted("ghost", [("c0", 100, 9_900), ("nobody", -100, 100)])
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="no such account"):
+        await conn.fetchval(POST, [event], ["c0", "nobody"], [10_000, 0], [9_900, 100])
+
+
+async def test_a_transfer_without_its_event_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="no transfer_rejected event"):
+        await conn.execute(
+            "INSERT INTO transfers (key, fingerprint, status, rejection, legs, seq) "
+            "VALUES ('orphan', '\\x00', 'rejected', 'insufficient_funds', 0, 999)"
+        )
+
+
+async def test_balanced_postings_cannot_be_added_to_an_existing_entry(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    """Two extra legs that cancel out would keep the entry balanced: still refused."""
+    await open_bank(ledger)
+    seq = (await ledger.transfer(pay("t1", "c0", "c1", 100))).seq
+    with pytest.raises(asyncpg.CheckViolationError, match="do not form the posted entry"):
+        await conn.execute(
+            "INSERT INTO postings VALUES ('t1', 2, 'c0', 'EUR', 5, 0, $1), "
+            "('t1', 3, 'c1', 'EUR', -5, 0, $1)",
+            seq,
+        )

@@ -60,10 +60,16 @@ TAMPERING = [
         10,
     ),
     (
+        "transfer legs changed",
+        ["UPDATE transfers SET legs = 3 WHERE seq = 11"],
+        "rows_match_log",
+        11,
+    ),
+    (
         "transfer status flipped",
         [
             "UPDATE transfers SET status = 'rejected', "
-            "rejection = 'insufficient_funds' WHERE seq = 10"
+            "rejection = 'insufficient_funds', legs = 0 WHERE seq = 10"
         ],
         "rows_match_log",
         10,
@@ -97,7 +103,7 @@ TAMPERING = [
         "rows beyond the head",
         [
             "INSERT INTO transfers VALUES ('late', '\\x00', 'rejected', "
-            "'insufficient_funds', NULL, '{}', 40)"
+            "'insufficient_funds', NULL, '{}', 0, 40)"
         ],
         "rows_match_log",
         40,
