@@ -67,6 +67,9 @@ class LedgerSettings:
     partitions: int = 1
     batch_commands_max: int = 500
     batch_linger_ms: float = 2.0
+    #: batches of one writer in flight at once: the next batch is planned (on the state the
+    #: previous one leaves) and sent while the previous one commits; 1 = one at a time
+    pipeline_depth: int = 2
     queue_commands_max: int = 50_000
     stale_retries_max: int = 20
     account_cache_max: int = 200_000
@@ -129,6 +132,7 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "partitions": lambda k, v: _positive_int(k, v, maximum=64),
         "batch_commands_max": lambda k, v: _positive_int(k, v, maximum=10_000),
         "batch_linger_ms": lambda k, v: _positive_float(k, v, maximum=1000.0),
+        "pipeline_depth": lambda k, v: _positive_int(k, v, maximum=8),
         "queue_commands_max": _positive_int,
         "stale_retries_max": lambda k, v: _positive_int(k, v, maximum=1000),
         "account_cache_max": _positive_int,

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,10 +83,9 @@ class _AccountCache:
         self._items: OrderedDict[str, AccountState] = OrderedDict()
 
     def get(self, account_id: str) -> AccountState | None:
-        state = self._items.get(account_id)
-        if state is not None:
-            self._items.move_to_end(account_id)
-        return state
+        # every account a batch touches is put back after it commits, which is what keeps
+        # it recent; refreshing on each read too cost more than it saved
+        return self._items.get(account_id)
 
     def put(self, state: AccountState) -> None:
         self._items[state.account.id] = state
@@ -102,8 +101,71 @@ class _AccountCache:
         self._items.clear()
 
 
+class _Hazards:
+    """What the batches in flight may still decide: a later batch must not assume their outcome.
+
+    Balances need no such care (a plan built on an in-flight batch's balances is refused as
+    stale if that batch fails), but idempotency keys, reversal targets and newly opened
+    accounts do: a command that names one of them waits for the batch in flight to settle.
+    """
+
+    def __init__(self) -> None:
+        self._keys: Counter[str] = Counter()
+        self._reversed: Counter[str] = Counter()
+        self._opened: Counter[str] = Counter()
+
+    def _names(self, command: Command) -> tuple[str | None, str | None, str | None]:
+        if isinstance(command, OpenAccount):
+            return None, None, command.account.id
+        if isinstance(command, Reversal):
+            return command.key, command.reverses, None
+        return command.key, None, None
+
+    def add(self, commands: Sequence[Command]) -> None:
+        for command in commands:
+            key, reversed_, opened = self._names(command)
+            if key:
+                self._keys[key] += 1
+            if reversed_:
+                self._reversed[reversed_] += 1
+            if opened:
+                self._opened[opened] += 1
+
+    def remove(self, commands: Sequence[Command]) -> None:
+        for command in commands:
+            key, reversed_, opened = self._names(command)
+            if key:
+                self._keys[key] -= 1
+                if not self._keys[key]:
+                    del self._keys[key]
+            if reversed_:
+                self._reversed[reversed_] -= 1
+                if not self._reversed[reversed_]:
+                    del self._reversed[reversed_]
+            if opened:
+                self._opened[opened] -= 1
+                if not self._opened[opened]:
+                    del self._opened[opened]
+
+    def blocks(self, command: Command) -> bool:
+        if not (self._keys or self._opened):
+            return False
+        if isinstance(command, OpenAccount):
+            return command.account.id in self._opened
+        if command.key in self._keys:
+            return True
+        if isinstance(command, Reversal):
+            return command.reverses in self._keys or command.reverses in self._reversed
+        return any(leg.account_id in self._opened for leg in command.legs)
+
+
 class PostingWriter:
-    """One partition's writer. Owned by ``Ledger``, which starts and drains it."""
+    """One partition's writer. Owned by ``Ledger``, which starts and drains it.
+
+    With ``pipeline_depth`` 2 the writer plans batch N+1 on the balances batch N leaves and
+    sends it while N commits: Python's planning and PostgreSQL's writing overlap. The database
+    orders them (account row locks, then the log head), and refuses N+1 as stale if N failed.
+    """
 
     def __init__(self, store: LedgerStore, settings: LedgerSettings, name: str = "p0") -> None:
         self.name = name
@@ -112,6 +174,10 @@ class PostingWriter:
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_commands_max)
         self._cache = _AccountCache(settings.account_cache_max)
+        self._hazards = _Hazards()
+        self._planning = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._waiting: list[_Pending] = []  # taken from the queue, deferred behind a hazard
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -130,10 +196,17 @@ class PostingWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        closed = LedgerClosed("the ledger stopped before posting")
+        self._deliver_error(self._waiting, closed)
+        self._done(self._waiting)
+        self._waiting = []
         while not self._queue.empty():
             pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(LedgerClosed("the ledger stopped before posting"))
+            self._deliver_error([pending], closed)
             self._queue.task_done()
 
     def submit(self, command: Command) -> asyncio.Future[Result]:
@@ -152,19 +225,26 @@ class PostingWriter:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                batch.append(await self._queue.get())
             self._drain_into(batch)
             if len(batch) < self._settings.batch_commands_max and self._settings.batch_linger_ms:
                 await asyncio.sleep(self._settings.batch_linger_ms / 1000)
                 self._drain_into(batch)
-            try:
-                await self._process(batch)
-            except Exception as exc:  # never let the writer die with callers waiting
-                log.exception("posting batch failed unexpectedly", extra={"event": "batch_failed"})
-                self._deliver_error(batch, LedgerBusy(f"batch failed: {exc!r}"))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            ready = [p for p in batch if not self._hazards.blocks(p.command)]
+            if len(ready) < len(batch):
+                ready_ids = {id(p) for p in ready}
+                self._waiting = [p for p in batch if id(p) not in ready_ids]
+            if ready:
+                await self._launch(ready)
+                while len(self._in_flight) >= self._settings.pipeline_depth:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            elif self._in_flight:  # everything waits behind a batch in flight: let one settle
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            else:  # pragma: no cover - hazards come only from batches in flight
+                log.error("posting hazards without a batch in flight", extra={"event": "bug"})
+                self._hazards = _Hazards()
 
     def _drain_into(self, batch: list[_Pending]) -> None:
         while len(batch) < self._settings.batch_commands_max:
@@ -173,20 +253,82 @@ class PostingWriter:
             except asyncio.QueueEmpty:
                 return
 
-    async def _process(self, batch: list[_Pending]) -> None:
+    async def _launch(self, batch: list[_Pending]) -> None:
+        """Plan ``batch`` now and commit it in the background; its callers get their answers."""
         commands = [p.command for p in batch]
-        load_all_keys = False
-        for attempt in range(self._settings.stale_retries_max + 1):
+        try:
+            async with self._planning:
+                plan = await self._plan(commands, load_all_keys=False)
+                if plan.is_empty:
+                    self._settle(batch, plan, plan.results)
+                    self._done(batch)
+                    return
+                self._remember(plan, commands)  # optimistic: the next plan builds on it
+                self._hazards.add(commands)
+        except SidecarError as exc:
+            self._cache.clear()
+            self.stats.failed_batches += 1
+            self._deliver_error(batch, exc)
+            self._done(batch)
+            return
+        except Exception as exc:  # never let the writer die with callers waiting
+            log.exception("planning a batch failed unexpectedly", extra={"event": "batch_failed"})
+            self._deliver_error(batch, LedgerBusy(f"batch failed: {exc!r}"))
+            self._done(batch)
+            return
+        task = asyncio.create_task(self._commit(batch, plan), name=f"commit-{self.name}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _commit(self, batch: list[_Pending], plan: BatchPlan) -> None:
+        commands = [p.command for p in batch]
+        try:
+            try:
+                first_seq = await self._store.commit(plan)
+            except (PlanStale, KeysTaken, AccountsTaken) as exc:
+                # refused, nothing written: forget what the plan assumed and decide again
+                self._cache.evict(plan.balances)
+                if isinstance(exc, PlanStale):
+                    self._cache.evict(exc.account_ids)
+                self.stats.replans += 1
+                async with self._planning:
+                    await self._process(
+                        batch, load_all_keys=not isinstance(exc, PlanStale), attempt=1
+                    )
+            except SidecarError as exc:
+                # the outcome is unknown to us: forget balances and let callers retry by key
+                self._cache.clear()
+                self.stats.failed_batches += 1
+                self._deliver_error(batch, exc)
+            else:
+                self._settle(batch, plan, plan.with_first_seq(first_seq))
+        except Exception as exc:  # never leave callers waiting
+            log.exception("posting batch failed unexpectedly", extra={"event": "batch_failed"})
+            self._deliver_error(batch, LedgerBusy(f"batch failed: {exc!r}"))
+        finally:
+            self._hazards.remove(commands)
+            self._done(batch)
+
+    async def _plan(self, commands: Sequence[Command], *, load_all_keys: bool) -> BatchPlan:
+        view = await self._view(commands, load_all_keys)
+        plan = plan_batch(view, commands)
+        if not load_all_keys and any(isinstance(r, SidecarError) for r in plan.results):
+            # An error may hide a replay or a conflict: the key was assumed new and not
+            # loaded. Decide again knowing every key (costs a read, only on errors).
+            view = await self._view(commands, load_all_keys=True)
+            plan = plan_batch(view, commands)
+        return plan
+
+    async def _process(
+        self, batch: list[_Pending], *, load_all_keys: bool = False, attempt: int = 0
+    ) -> None:
+        """Plan and commit ``batch`` one attempt after another until it is decided."""
+        commands = [p.command for p in batch]
+        while attempt <= self._settings.stale_retries_max:
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
             plan: BatchPlan | None = None
             try:
-                view = await self._view(commands, load_all_keys)
-                plan = plan_batch(view, commands)
-                if not load_all_keys and any(isinstance(r, SidecarError) for r in plan.results):
-                    # An error may hide a replay or a conflict: the key was assumed new and
-                    # not loaded. Decide again knowing every key (costs a read, only on errors).
-                    load_all_keys = True
-                    view = await self._view(commands, load_all_keys)
-                    plan = plan_batch(view, commands)
+                plan = await self._plan(commands, load_all_keys=load_all_keys)
                 if plan.is_empty:
                     results = plan.results
                 else:
@@ -201,21 +343,15 @@ class PostingWriter:
                 self._cache.evict(plan.opened if plan else ())
                 load_all_keys = True
             except SidecarError as exc:
-                # unreachable database, or a write the database refused: the outcome of the
-                # commit is unknown to us, so forget balances and let callers retry by key
                 self._cache.clear()
                 self.stats.failed_batches += 1
                 self._deliver_error(batch, exc)
                 return
             else:
-                self._deliver(batch, results)
-                self.stats.batches += 1
-                self.stats.commands += len(batch)
-                self.stats.events += len(plan.events)
-                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                self._settle(batch, plan, results)
                 return
             self.stats.replans += 1
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+            attempt += 1
         self.stats.failed_batches += 1
         self._deliver_error(
             batch,
@@ -223,6 +359,19 @@ class PostingWriter:
                 f"balances kept changing under {self._settings.stale_retries_max} replans; retry"
             ),
         )
+
+    def _settle(self, batch: list[_Pending], plan: BatchPlan, results: Sequence[Result]) -> None:
+        self._deliver(batch, results)
+        if plan.is_empty:
+            return
+        self.stats.batches += 1
+        self.stats.commands += len(batch)
+        self.stats.events += len(plan.events)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+
+    def _done(self, batch: Sequence[_Pending]) -> None:
+        for _ in batch:
+            self._queue.task_done()
 
     async def _view(self, commands: Sequence[Command], load_all_keys: bool) -> LedgerView:
         account_ids, keys = keys_needed(commands)

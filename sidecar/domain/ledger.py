@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.domain.chain import canonical, fingerprint
 from sidecar.domain.money import MINOR_MAX, MINOR_MIN, Currency, check_minor
@@ -302,8 +302,10 @@ class LedgerView:
     transfers: Mapping[str, TransferRecord]
 
 
-@dataclass(frozen=True, slots=True)
-class BalanceChange:
+class BalanceChange(NamedTuple):
+    """An account's balance as a plan assumed it and as the plan leaves it (a tuple: the
+    planner makes one per account per batch, so it must be cheap to build)."""
+
     before_minor: int
     after_minor: int
 
@@ -331,9 +333,23 @@ class BatchPlan:
         """The results with their sequence numbers, once the commit assigned ``first_seq``."""
         out: list[Result] = []
         for result, index in zip(self.results, self.event_of, strict=True):
-            if index is not None and isinstance(result, TransferOutcome | AccountOutcome):
-                out.append(replace(result, seq=first_seq + index))
-            else:
+            if index is None:
+                out.append(result)
+            elif isinstance(result, TransferOutcome):
+                out.append(
+                    TransferOutcome(
+                        result.key,
+                        result.status,
+                        result.rejection,
+                        result.postings,
+                        result.reverses,
+                        result.replayed,
+                        first_seq + index,
+                    )
+                )
+            elif isinstance(result, AccountOutcome):
+                out.append(AccountOutcome(result.account_id, result.created, first_seq + index))
+            else:  # pragma: no cover - errors have no event
                 out.append(result)
         return tuple(out)
 

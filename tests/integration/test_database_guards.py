@@ -142,9 +142,21 @@ async def test_a_posting_to_an_unknown_account_is_refused(
     ledger: Ledger, conn: asyncpg.Connection
 ) -> None:
     await open_bank(ledger)
-    event = posted("ghost", [("c0", 100, 9_900), ("nobody", -100, 100)])
+    seq = (await ledger.transfer(pay("t1", "c0", "c1", 100))).seq
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="no such account"):
+        await conn.execute("INSERT INTO postings VALUES ('t1', 7, 'nobody', 'EUR', 5, 5, $1)", seq)
+
+
+async def test_a_plan_posting_to_an_account_that_does_not_exist_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    head = await conn.fetchval("SELECT seq FROM log_head")
+    event = posted("ghost", [("c0", 100, 9_900), ("nobody", -100, 100)])
+    with pytest.raises(asyncpg.PostgresError) as caught:
         await conn.fetchval(POST, [event], ["c0", "nobody"], [10_000, 0], [9_900, 100])
+    assert caught.value.sqlstate in {"LS409", "23503"}
+    assert await conn.fetchval("SELECT seq FROM log_head") == head
 
 
 async def test_a_transfer_without_its_event_is_refused(
