@@ -788,7 +788,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--concurrency", type=int, default=256, help="closed-loop callers")
+    parser.add_argument("--concurrency", type=int, default=1024, help="closed-loop callers")
     parser.add_argument("--accounts", type=int, default=10_000, help="customer accounts")
     parser.add_argument("--baseline-connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=1000.0, help="offered load, transfers/s")
