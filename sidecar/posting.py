@@ -232,10 +232,12 @@ class PostingWriter:
             if len(batch) < self._settings.batch_commands_max and self._settings.batch_linger_ms:
                 await asyncio.sleep(self._settings.batch_linger_ms / 1000)
                 self._drain_into(batch)
-            ready = [p for p in batch if not self._hazards.blocks(p.command)]
-            if len(ready) < len(batch):
-                ready_ids = {id(p) for p in ready}
-                self._waiting = [p for p in batch if id(p) not in ready_ids]
+            # the batch ends before the first command that must wait for one in flight: what
+            # follows waits with it, so commands are still decided in the order they came
+            cut = next(
+                (i for i, p in enumerate(batch) if self._hazards.blocks(p.command)), len(batch)
+            )
+            ready, self._waiting = batch[:cut], batch[cut:]
             if ready:
                 await self._launch(ready)
                 while len(self._in_flight) >= self._settings.pipeline_depth:

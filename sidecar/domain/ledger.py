@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from sidecar.domain.chain import canonical, fingerprint
-from sidecar.domain.money import MINOR_MAX, MINOR_MIN, Currency, check_minor
+from sidecar.domain.money import MINOR_MAX, MINOR_MIN, Currency, check_currency_code, check_minor
 from sidecar.domain.outcome import (
     AccountOutcome,
     PostedLeg,
@@ -165,11 +165,12 @@ class Leg:
 
     def __post_init__(self) -> None:
         check_account_id(self.account_id)
-        object.__setattr__(self, "side", Side(self.side))
+        if self.side.__class__ is not Side:
+            object.__setattr__(self, "side", Side(self.side))
         check_minor(self.amount_minor)
         if self.amount_minor <= 0:
             raise InvalidAmount(f"leg amounts must be positive, got {self.amount_minor}")
-        Currency(self.currency, 0)  # validates the code
+        check_currency_code(self.currency)
 
     @property
     def signed_minor(self) -> int:
@@ -264,8 +265,7 @@ class AccountState:
     balance_minor: int
 
 
-@dataclass(frozen=True, slots=True)
-class TransferRecord:
+class TransferRecord(NamedTuple):
     """A decided transfer as stored: enough to answer a replay and to reverse it."""
 
     key: str

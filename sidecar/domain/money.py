@@ -20,6 +20,12 @@ _CODE = re.compile(r"^[A-Z]{3}$")
 _DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
 
 
+def check_currency_code(code: object) -> str:
+    if not isinstance(code, str) or not _CODE.match(code):
+        raise InvalidCurrency(f"currency code must be three capital letters, got {code!r}")
+    return code
+
+
 @dataclass(frozen=True, slots=True)
 class Currency:
     """An ISO-4217-like code and the number of decimal places of its minor unit."""
@@ -28,8 +34,7 @@ class Currency:
     exponent: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not _CODE.match(self.code):
-            raise InvalidCurrency(f"currency code must be three capital letters, got {self.code!r}")
+        check_currency_code(self.code)
         if (
             not isinstance(self.exponent, int)
             or isinstance(self.exponent, bool)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class TransferStatus(StrEnum):
@@ -24,12 +25,11 @@ class Rejection(StrEnum):
     BALANCE_OUT_OF_RANGE = "balance_out_of_range"
 
 
-@dataclass(frozen=True, slots=True)
-class PostedLeg:
+class PostedLeg(NamedTuple):
     """One posting as committed: signed amount (debit > 0, credit < 0) and the balance after it.
 
     ``balance_after_minor`` is in the account's normal-side terms, so it is the balance a
-    customer would read at that point.
+    customer would read at that point. A tuple: two are made per transfer on the posting path.
     """
 
     account_id: str

@@ -13,7 +13,6 @@ Guarantees (tests/unit/test_replay.py):
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 from sidecar.domain.chain import canonical
@@ -118,7 +117,7 @@ class Fold:
                 target = self.transfers[reverses]
                 if target.reversed_by is not None:
                     raise FoldError(seq, f"{reverses} reversed twice")
-                self.transfers[reverses] = replace(target, reversed_by=key)
+                self.transfers[reverses] = target._replace(reversed_by=key)
         else:
             status, rejection = TransferStatus.REJECTED, Rejection(doc["rejection"])
         self.transfers[key] = TransferRecord(

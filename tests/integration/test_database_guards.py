@@ -39,20 +39,27 @@ async def test_the_database_refuses_an_unbalanced_entry(
         await conn.fetchval(POST, [event], ["c0", "c1"], [10_000, 10_000], [9_900, 10_090])
 
 
+async def forge_sealed_event(conn: asyncpg.Connection, type_: str = "transfer_posted") -> int:
+    """Append an event and advance the head past it, as post_batch would (triggers off)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        seq: int = await conn.fetchval("SELECT seq FROM log_head") + 1
+        await conn.execute(
+            "INSERT INTO events (seq, batch, type, content, hash) VALUES ($1, 0, $2, '{}', $3)",
+            seq,
+            type_,
+            bytes(32),
+        )
+        await conn.execute("UPDATE log_head SET seq = $1", seq)
+    return seq
+
+
 async def test_the_database_refuses_a_one_legged_entry(
     ledger: Ledger, conn: asyncpg.Connection
 ) -> None:
     await open_bank(ledger)
-    async with conn.transaction():
-        await conn.execute("SET LOCAL session_replication_role = replica")  # skip FKs to forge
-        seq = await conn.fetchval("SELECT seq FROM log_head") + 1
-        await conn.execute(
-            "INSERT INTO events (seq, batch, type, content, hash) "
-            "VALUES ($1, 0, 'transfer_posted', '{}', $2)",
-            seq,
-            bytes(32),
-        )
-    with pytest.raises(asyncpg.CheckViolationError):
+    seq = await forge_sealed_event(conn)
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO transfers (key, fingerprint, status, legs, seq) "
@@ -62,6 +69,50 @@ async def test_the_database_refuses_a_one_legged_entry(
             await conn.execute(
                 "INSERT INTO postings VALUES ('solo', 0, 'c0', 'EUR', 0 + 5, 5, $1)", seq
             )
+
+
+async def test_a_transfer_beyond_the_log_head_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    seq = await forge_sealed_event(conn) + 1
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "INSERT INTO events (seq, batch, type, content, hash) "
+            "VALUES ($1, 0, 'transfer_rejected', '{}', $2)",
+            seq,
+            bytes(32),
+        )
+    with pytest.raises(asyncpg.CheckViolationError, match="beyond the sealed log head"):
+        await conn.execute(
+            "INSERT INTO transfers (key, fingerprint, status, rejection, legs, seq) "
+            "VALUES ('early', '\\x00', 'rejected', 'insufficient_funds', 0, $1)",
+            seq,
+        )
+
+
+async def test_sealing_events_without_their_rows_is_refused_at_commit(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    """A posted transfer whose postings never come, sealed with its event: refused at commit."""
+    await open_bank(ledger)
+    head = await conn.fetchval("SELECT seq FROM log_head")
+    with pytest.raises(asyncpg.CheckViolationError, match="sealed without exactly the rows"):
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO events (seq, batch, type, content, hash) "
+                "VALUES ($1, 0, 'transfer_posted', '{}', $2)",
+                head + 1,
+                bytes(32),
+            )
+            await conn.execute("UPDATE log_head SET seq = $1", head + 1)
+            await conn.execute(
+                "INSERT INTO transfers (key, fingerprint, status, legs, seq) "
+                "VALUES ('hollow', '\\x00', 'posted', 2, $1)",
+                head + 1,
+            )
+    assert await conn.fetchval("SELECT seq FROM log_head") == head
 
 
 async def test_direct_unbalanced_postings_are_refused(
