@@ -30,7 +30,7 @@
 -- Checked where a value is assigned (domains), not on every balance update (a table CHECK is
 -- re-evaluated by each UPDATE of the row: regular expressions there cost a seventh of a batch).
 CREATE DOMAIN account_id AS text COLLATE "C"
-    CHECK (VALUE ~ '^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$');
+    CHECK (VALUE ~ '^[A-Za-z0-9][A-Za-z0-9._:@-]*$' AND octet_length(VALUE) <= 128);
 CREATE DOMAIN currency_code AS text COLLATE "C" CHECK (VALUE ~ '^[A-Z]{3}$');
 
 CREATE TABLE accounts (
@@ -65,7 +65,10 @@ CREATE TABLE events (
 );
 
 CREATE TABLE transfers (
-    key         text COLLATE "C" PRIMARY KEY CHECK (key ~ '^[\x21-\x7e]{1,128}$'),
+    -- printable ASCII, 1-128 characters (a bounded repeat like {1,128} makes PostgreSQL's
+    -- regex engine build a large automaton: it was a tenth of a batch)
+    key         text COLLATE "C" PRIMARY KEY
+                CHECK (key ~ '^[\x21-\x7e]+$' AND octet_length(key) <= 128),
     fingerprint bytea NOT NULL,
     status      text NOT NULL CHECK (status IN ('posted', 'rejected')),
     rejection   text CHECK ((status = 'rejected') = (rejection IS NOT NULL))
