@@ -55,7 +55,8 @@ HOT = "bench-hot"  # credit-normal, floor 0: the hot payee
 FUND_MINOR = 10_000_000  # 100,000.00 EUR per customer
 AMOUNT_MIN_MINOR, AMOUNT_MAX_MINOR = 1, 1_000  # at most 10.00 EUR: nothing runs dry
 
-PHASES = ("uniform", "hot", "baseline", "rebuild", "latency")
+#: in the order they run: the rebuild replays the uniform phase's ledger right after it
+PHASES = ("uniform", "rebuild", "hot", "baseline", "latency")
 
 TARGET_UNIFORM_OVER_BASELINE = 3.0
 TARGET_HOT_OVER_UNIFORM = 0.8
@@ -106,6 +107,8 @@ SELECT $1, $2, $3, $4, CASE WHEN d.ok THEN 'posted' ELSE 'rejected' END
 FROM decision d
 RETURNING status
 """
+
+RUN_KEYS = ("connections", "transfers_per_s", "errors", "cpu_us_per_transfer")
 
 BASELINE_DESCRIPTION = (
     "one autocommit statement per transfer over an asyncpg pool: lock the payer and payee "
@@ -348,7 +351,7 @@ class Bench:
     seconds: float
     callers: int
     accounts: int
-    baseline_connections: int
+    baseline_connections: tuple[int, ...]
     latency_rate: float
     hot_share: float
     prefix: str = field(default_factory=lambda: f"bench_{os.getpid()}")
@@ -364,9 +367,16 @@ class Bench:
         await migrate(db)
         return db
 
-    async def drop_all(self) -> None:
-        for schema in self.schemas:
+    async def drop(self, *schemas: str) -> None:
+        """Drop finished phases at once: their tables would otherwise be vacuumed and
+        analysed in the background while later phases are being measured."""
+        for schema in schemas:
             await drop_schema(self.settings.database, schema)
+            if schema in self.schemas:
+                self.schemas.remove(schema)
+
+    async def drop_all(self) -> None:
+        await self.drop(*list(self.schemas))
 
     @staticmethod
     async def settle(db: DatabaseSettings) -> bool:
@@ -430,7 +440,16 @@ class Bench:
         }
 
     async def baseline(self, workload: Workload) -> dict[str, Any]:
-        db = await self.fresh_schema("baseline")
+        """The naive design at each pool size asked for; its best run is the baseline."""
+        runs = []
+        for connections in self.baseline_connections:
+            runs.append(await self.baseline_run(Workload(workload.customers), connections))
+            await self.drop(self.database(f"baseline{connections}").schema)
+        best = max(runs, key=lambda r: float(r["transfers_per_s"]))
+        return {**best, "runs": [{k: r[k] for k in RUN_KEYS} for r in runs]}
+
+    async def baseline_run(self, workload: Workload, connections: int) -> dict[str, Any]:
+        db = await self.fresh_schema(f"baseline{connections}")
         setup_pool = await create_pool(db)
         try:
             async with Ledger(PostgresLedgerStore(setup_pool), self.settings.ledger) as ledger:
@@ -443,8 +462,8 @@ class Bench:
         pool = await create_pool(
             replace(
                 db,
-                pool_connections_min=self.baseline_connections,
-                pool_connections_max=self.baseline_connections,
+                pool_connections_min=connections,
+                pool_connections_max=connections,
             )
         )
         try:
@@ -459,7 +478,7 @@ class Bench:
 
             say(
                 f"==> baseline: {self.seconds:g} s, {self.callers} callers, "
-                f"{self.baseline_connections} connections"
+                f"{connections} connections"
             )
             counts = await closed_loop("baseline", one, callers=self.callers, seconds=self.seconds)
             async with pool.acquire() as conn:
@@ -483,7 +502,7 @@ class Bench:
             "errors": counts.errors,
             "error_samples": counts.error_samples,
             "seconds": round(counts.seconds, 3),
-            "connections": self.baseline_connections,
+            "connections": connections,
             "cpu_us_per_transfer": counts.cpu.per_transfer_us(counts.decided),
             "checkpoint_before": checkpointed,
             "description": BASELINE_DESCRIPTION,
@@ -745,7 +764,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         seconds=args.seconds,
         callers=args.concurrency,
         accounts=args.accounts,
-        baseline_connections=args.baseline_connections,
+        baseline_connections=tuple(int(c) for c in args.baseline_connections.split(",")),
         latency_rate=args.rate,
         hot_share=args.hot_share,
     )
@@ -766,14 +785,19 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 continue
             if phase == "uniform":
                 phases[phase] = await bench.ledger_closed_loop(phase, Workload(customers))
+                if "rebuild" not in wanted:
+                    await bench.drop(bench.database("uniform").schema)
+            elif phase == "rebuild":
+                phases[phase] = await bench.rebuild()
+                uniform = bench.database("uniform").schema
+                await bench.drop(uniform, f"{uniform}_rebuild")
             elif phase == "hot":
                 phases[phase] = await bench.ledger_closed_loop(
                     phase, Workload(customers, hot_share=args.hot_share)
                 )
+                await bench.drop(bench.database("hot").schema)
             elif phase == "baseline":
                 phases[phase] = await bench.baseline(Workload(customers))
-            elif phase == "rebuild":
-                phases[phase] = await bench.rebuild()
             else:
                 phases[phase] = await bench.latency(Workload(customers))
     finally:
@@ -790,13 +814,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--concurrency", type=int, default=1024, help="closed-loop callers")
     parser.add_argument("--accounts", type=int, default=10_000, help="customer accounts")
-    parser.add_argument("--baseline-connections", type=int, default=16)
+    parser.add_argument(
+        "--baseline-connections",
+        default="16,32",
+        help="pool sizes to run the baseline with (comma-separated); the best run counts",
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="offered load, transfers/s")
     parser.add_argument("--hot-share", type=float, default=0.5, help="share crediting HOT")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.concurrency < 1 or args.accounts < 2 or args.rate <= 0:
         parser.error("--seconds and --rate must be positive, --concurrency >= 1, --accounts >= 2")
+    try:
+        pools = [int(c) for c in args.baseline_connections.split(",")]
+    except ValueError:
+        pools = []
+    if not pools or min(pools) < 1:
+        parser.error("--baseline-connections must be positive integers separated by commas")
     if not 0.5 <= args.hot_share <= 1:
         parser.error("--hot-share must be between 0.5 and 1")
     return args

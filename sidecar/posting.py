@@ -87,6 +87,9 @@ class _AccountCache:
         # it recent; refreshing on each read too cost more than it saved
         return self._items.get(account_id)
 
+    def touch(self, account_id: str) -> None:
+        self._items.move_to_end(account_id)
+
     def put(self, state: AccountState) -> None:
         self._items[state.account.id] = state
         self._items.move_to_end(state.account.id)
@@ -403,11 +406,17 @@ class PostingWriter:
         opened: dict[str, Account] = {
             c.account.id: c.account for c in commands if isinstance(c, OpenAccount)
         }
-        for account_id, change in plan.balances.items():
-            state = self._cache.get(account_id)
-            account = state.account if state is not None else opened.get(account_id)
-            if account is not None:
-                self._cache.put(AccountState(account, change.after_minor))
+        cache = self._cache
+        for account_id, (before, after) in plan.balances.items():
+            state = cache.get(account_id)
+            if state is None:
+                account = opened.get(account_id)
+                if account is not None:
+                    cache.put(AccountState(account, after))
+            elif after != before or state.balance_minor != after:
+                cache.put(AccountState(state.account, after))
+            else:
+                cache.touch(account_id)
 
     @staticmethod
     def _deliver(batch: Sequence[_Pending], results: Sequence[Result]) -> None:

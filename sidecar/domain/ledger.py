@@ -259,8 +259,10 @@ Command = OpenAccount | Transfer | Reversal
 Result = AccountOutcome | TransferOutcome | SidecarError
 
 
-@dataclass(frozen=True, slots=True)
-class AccountState:
+class AccountState(NamedTuple):
+    """An account and its balance as some reader saw it (a tuple: the writer's cache makes
+    one per account per batch)."""
+
     account: Account
     balance_minor: int
 
