@@ -233,3 +233,16 @@ async def test_balanced_postings_cannot_be_added_to_an_existing_entry(
             "('t1', 3, 'c1', 'EUR', -5, 0, $1)",
             seq,
         )
+
+
+async def test_a_reversal_of_a_transfer_that_does_not_exist_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    seq = await forge_sealed_event(conn, "transfer_rejected")
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="does not exist"):
+        await conn.execute(
+            "INSERT INTO transfers (key, fingerprint, status, rejection, reverses, legs, seq) "
+            "VALUES ('undo', '\\x00', 'rejected', 'insufficient_funds', 'nothing', 0, $1)",
+            seq,
+        )

@@ -16,7 +16,7 @@
 --   posting's currency, a transfer to its event of the matching type (statement triggers with
 --   transition tables: one set-based check per INSERT instead of one locking lookup per row,
 --   which cost more than the rest of a batch; complete here because the referenced rows can
---   be neither deleted nor re-keyed). A reversal refers to the transfer it reverses (foreign key).
+--   be neither deleted nor re-keyed), and a reversal to the transfer it reverses.
 -- - A balance never crosses its account's floor or overdraft limit (balance_within_limit).
 -- - Idempotency keys are unique; a transfer is reversed by at most one posted reversal.
 -- - events, transfers and postings are append-only: UPDATE, DELETE and TRUNCATE fail, for the
@@ -74,7 +74,7 @@ CREATE TABLE transfers (
     rejection   text CHECK ((status = 'rejected') = (rejection IS NOT NULL))
                 CHECK (rejection IN ('insufficient_funds', 'account_not_open',
                                      'balance_out_of_range')),
-    reverses    text COLLATE "C" REFERENCES transfers (key),
+    reverses    text COLLATE "C",  -- the transfer it reverses: checked per statement
     metadata    jsonb NOT NULL DEFAULT '{}',
     legs        smallint NOT NULL  -- how many postings a posted transfer has
                 CONSTRAINT transfers_legs
@@ -245,6 +245,17 @@ BEGIN
             CONSTRAINT = 'transfers_recorded',
             MESSAGE = format('transfer %s (%s) has no transfer_%s event at seq %s',
                              bad.key, bad.status, bad.status, bad.seq);
+    END IF;
+    SELECT n.key, n.reverses INTO bad
+    FROM new_transfers n
+    LEFT JOIN transfers r ON r.key = n.reverses
+    WHERE n.reverses IS NOT NULL AND r.key IS NULL
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23503',
+            CONSTRAINT = 'transfers_recorded',
+            MESSAGE = format('transfer %s reverses %s, which does not exist', bad.key, bad.reverses);
     END IF;
     -- beyond the head only together with the head's advance, which log_head_sealed_rows checks
     SELECT n.key, n.seq INTO bad
