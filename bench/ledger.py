@@ -3,22 +3,25 @@
 Run: ``python bench/ledger.py --seconds 10 --json`` (``DATABASE_URL`` selects the server).
 
 Everything runs in this one process, one phase after the other, each phase in a fresh schema
-``bench_<pid>_<phase>`` migrated with the ledger's own migrations and dropped at the end:
+``bench_<pid>_<phase>`` migrated with the ledger's own migrations and dropped as soon as it is
+done (so its tables are not vacuumed under the next phase):
 
 - uniform:  ``Ledger.transfer`` between uniformly random customers, closed loop, many callers.
-- hot:      the same, but every other transfer of each caller credits one hot account.
+- rebuild:  ``sidecar.rebuild.rebuild`` of the uniform phase's ledger, events per second.
+- hot:      the same as uniform, but every other transfer of each caller credits one hot account.
 - baseline: one autocommit SQL statement per transfer (lock both rows in id order, check the
             floor, update both balances, insert one row into ``bench_transfers``), same
-            callers, a pool of 16 connections. See ``BASELINE_SQL``.
-- rebuild:  ``sidecar.rebuild.rebuild`` of the uniform phase's ledger, events per second.
-- latency:  open loop at a fixed offered rate (one transfer launched every 1 ms on schedule,
+            callers, run once per pool size in ``--baseline-connections``; the best run counts.
+            See ``BASELINE_SQL``.
+- latency:  open loop at a fixed offered rate (one transfer launched every 1/rate s on schedule,
             whatever has completed), latency of each from submit to result.
 
 Rates count decided transfers (posted + rejected) over the phase's wall time, including the
-tail in which callers finish the transfer they started before the deadline. Progress goes to
-stderr; the result goes to stdout as a table or, with ``--json``, as one JSON object. The exit
-status is 0 whether or not the targets are met; 1 if transfers failed with errors or the
-rebuild did not reproduce the ledger; 2 if the benchmark itself could not run.
+tail in which callers finish the transfer they started before the deadline. CPU per transfer
+is this process's CPU time and that of every local ``postgres`` process over the phase.
+Progress goes to stderr; the result goes to stdout as a table or, with ``--json``, as one JSON
+object. The exit status is 0 whether or not the targets are met; 1 if transfers failed with
+errors or the rebuild did not reproduce the ledger; 2 if the benchmark itself could not run.
 """
 
 from __future__ import annotations
