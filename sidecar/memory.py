@@ -2,8 +2,9 @@
 
 It keeps what the PostgreSQL adapter keeps, in dicts: the hash-chained event log and the state
 ``domain.replay.Fold`` derives from it. The ledger's rules live in the domain; this module only
-checks a plan against the stored state the way ``post_batch`` (migrations/0001_ledger.sql) does,
-in the same order, with the same errors.
+checks a plan against the stored state the way ``post_batch`` (migrations/0001_ledger.sql)
+does; the contract suite pins that both refuse the same plans with the same error types (a plan
+wrong in two ways at once may be refused for either).
 
 Guarantees (tests/contract/test_ledger_store.py, run against this store and PostgreSQL):
 - ``commit`` appends a plan's events with consecutive seqs and the hash chain of

@@ -47,6 +47,7 @@ from sidecar.errors import (
     KeysTaken,
     LedgerBusy,
     LedgerClosed,
+    LedgerUnavailable,
     PlanStale,
     SidecarError,
 )
@@ -167,7 +168,9 @@ class PostingWriter:
 
     With ``pipeline_depth`` 2 the writer plans batch N+1 on the balances batch N leaves and
     sends it while N commits: Python's planning and PostgreSQL's writing overlap. The database
-    orders them (account row locks, then the log head), and refuses N+1 as stale if N failed.
+    commits them one at a time (``post_batch`` takes the log head first) and refuses N+1 as
+    stale if N failed, or if N+1 got there first; N+1 is then decided again once every batch
+    launched before it has settled, so commands are decided in the order they came.
     """
 
     def __init__(self, store: LedgerStore, settings: LedgerSettings, name: str = "p0") -> None:
@@ -179,7 +182,11 @@ class PostingWriter:
         self._cache = _AccountCache(settings.account_cache_max)
         self._hazards = _Hazards()
         self._planning = asyncio.Lock()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], int] = {}  # commit task -> launch number
+        self._launches = 0
+        self._replanning = 0  # refused batches not yet decided again: nothing new launches
+        self._replanned = asyncio.Event()
+        self._gathering: list[_Pending] = []  # taken from the queue, not yet owned by a commit
         self._waiting: list[_Pending] = []  # taken from the queue, deferred behind a hazard
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -204,9 +211,10 @@ class PostingWriter:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         closed = LedgerClosed("the ledger stopped before posting")
-        self._deliver_error(self._waiting, closed)
-        self._done(self._waiting)
-        self._waiting = []
+        for held in (self._gathering, self._waiting):
+            self._deliver_error(held, closed)
+            self._done(held)
+        self._gathering, self._waiting = [], []
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             self._deliver_error([pending], closed)
@@ -229,6 +237,7 @@ class PostingWriter:
     async def _run(self) -> None:
         while True:
             batch, self._waiting = self._waiting, []
+            self._gathering = batch
             if not batch:
                 batch.append(await self._queue.get())
             self._drain_into(batch)
@@ -241,8 +250,12 @@ class PostingWriter:
                 (i for i, p in enumerate(batch) if self._hazards.blocks(p.command)), len(batch)
             )
             ready, self._waiting = batch[:cut], batch[cut:]
+            self._gathering = ready
+            while ready and self._replanning:  # a refused batch goes first, decided afresh
+                await self._replanned.wait()
             if ready:
                 await self._launch(ready)
+                self._gathering = []  # answered, or owned by its commit task
                 while len(self._in_flight) >= self._settings.pipeline_depth:
                     await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             elif self._in_flight:  # everything waits behind a batch in flight: let one settle
@@ -281,25 +294,42 @@ class PostingWriter:
             self._deliver_error(batch, LedgerBusy(f"batch failed: {exc!r}"))
             self._done(batch)
             return
-        task = asyncio.create_task(self._commit(batch, plan), name=f"commit-{self.name}")
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._launches += 1
+        task = asyncio.create_task(
+            self._commit(batch, plan, self._launches), name=f"commit-{self.name}"
+        )
+        self._in_flight[task] = self._launches
+        task.add_done_callback(self._forget)
 
-    async def _commit(self, batch: list[_Pending], plan: BatchPlan) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+
+    async def _commit(self, batch: list[_Pending], plan: BatchPlan, number: int) -> None:
         commands = [p.command for p in batch]
         try:
             try:
                 first_seq = await self._store.commit(plan)
             except (PlanStale, KeysTaken, AccountsTaken) as exc:
-                # refused, nothing written: forget what the plan assumed and decide again
+                # refused, nothing written: forget what the plan assumed and decide again, after
+                # every batch launched before this one, so that none is overtaken
                 self._cache.evict(plan.balances)
                 if isinstance(exc, PlanStale):
                     self._cache.evict(exc.account_ids)
                 self.stats.replans += 1
-                async with self._planning:
-                    await self._process(
-                        batch, load_all_keys=not isinstance(exc, PlanStale), attempt=1
-                    )
+                self._replanning += 1
+                self._replanned.clear()
+                try:
+                    earlier = [t for t, n in self._in_flight.items() if n < number]
+                    if earlier:
+                        await asyncio.wait(earlier)
+                    async with self._planning:
+                        await self._process(
+                            batch, load_all_keys=not isinstance(exc, PlanStale), attempt=1
+                        )
+                finally:
+                    self._replanning -= 1
+                    if not self._replanning:
+                        self._replanned.set()
             except SidecarError as exc:
                 # the outcome is unknown to us: forget balances and let callers retry by key
                 self._cache.clear()
@@ -307,6 +337,16 @@ class PostingWriter:
                 self._deliver_error(batch, exc)
             else:
                 self._settle(batch, plan, plan.with_first_seq(first_seq))
+        except asyncio.CancelledError:
+            # stop() gave up waiting: the commit may or may not have happened
+            self._deliver_error(
+                batch,
+                LedgerUnavailable(
+                    "the ledger stopped while this batch was committing; its outcome is "
+                    "unknown: retry with the same key to learn it"
+                ),
+            )
+            raise
         except Exception as exc:  # never leave callers waiting
             log.exception("posting batch failed unexpectedly", extra={"event": "batch_failed"})
             self._deliver_error(batch, LedgerBusy(f"batch failed: {exc!r}"))

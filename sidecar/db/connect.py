@@ -81,7 +81,9 @@ def translate(exc: BaseException) -> SidecarError:
         constraint = exc.constraint_name or ""
         if constraint.startswith("accounts"):
             return AccountsTaken(f"account opened concurrently ({constraint})")
-        return KeysTaken(f"key decided concurrently ({constraint})")
+        if constraint.startswith("transfers"):
+            return KeysTaken(f"key decided concurrently ({constraint})")
+        return LedgerIntegrityError(f"database refused the write ({constraint}): {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None)
         detail: Any = getattr(exc, "detail", None) or ""

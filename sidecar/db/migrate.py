@@ -6,8 +6,9 @@ Guarantees (tests/integration/test_migrate.py):
   per schema serialises migrators; the losers find the work done).
 - A file changed after it was applied, or a database newer than the code, stops the migrator
   with a clear error instead of guessing.
-- Each file runs in its own transaction with ``ledger_sidecar.migrating`` set, the only way
-  past the append-only triggers.
+- Each file runs in its own transaction. Nothing switches the append-only triggers off for
+  it: a migration that must rewrite history says so with ``ALTER TABLE ... DISABLE TRIGGER``,
+  which only the tables' owner may run.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ async def migrate(settings: DatabaseSettings) -> MigrationReport:
                     done.append(label)
                     continue
                 async with conn.transaction():
-                    await conn.execute("SET LOCAL ledger_sidecar.migrating = 'on'")
                     await conn.execute(f"SET LOCAL search_path TO {schema}")
                     try:
                         await conn.execute(m.sql)

@@ -100,13 +100,13 @@ async def test_sealing_events_without_their_rows_is_refused_at_commit(
     head = await conn.fetchval("SELECT seq FROM log_head")
     with pytest.raises(asyncpg.CheckViolationError, match="sealed without exactly the rows"):
         async with conn.transaction():
+            await conn.execute("UPDATE log_head SET seq = $1, hash = $2", head + 1, bytes(32))
             await conn.execute(
                 "INSERT INTO events (seq, batch, type, content, hash) "
                 "VALUES ($1, 0, 'transfer_posted', '{}', $2)",
                 head + 1,
                 bytes(32),
             )
-            await conn.execute("UPDATE log_head SET seq = $1", head + 1)
             await conn.execute(
                 "INSERT INTO transfers (key, fingerprint, status, legs, seq) "
                 "VALUES ('hollow', '\\x00', 'posted', 2, $1)",
@@ -240,9 +240,142 @@ async def test_a_reversal_of_a_transfer_that_does_not_exist_is_refused(
 ) -> None:
     await open_bank(ledger)
     seq = await forge_sealed_event(conn, "transfer_rejected")
-    with pytest.raises(asyncpg.ForeignKeyViolationError, match="does not exist"):
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="was not decided before it"):
         await conn.execute(
             "INSERT INTO transfers (key, fingerprint, status, rejection, reverses, legs, seq) "
             "VALUES ('undo', '\\x00', 'rejected', 'insufficient_funds', 'nothing', 0, $1)",
             seq,
         )
+
+
+def opened(account: str, balance_floor: int | None = 0) -> str:
+    return canonical(
+        {
+            "type": "account_opened",
+            "account": account,
+            "currency": "EUR",
+            "exponent": 2,
+            "normal_side": "credit",
+            "overdraft_limit_minor": balance_floor,
+            "status": "open",
+        }
+    )
+
+
+async def head_of(conn: asyncpg.Connection) -> tuple[int, bytes]:
+    row = await conn.fetchrow("SELECT seq, hash FROM log_head")
+    return row["seq"], bytes(row["hash"])
+
+
+async def test_an_account_cannot_be_opened_holding_money_nothing_moved(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    head = await head_of(conn)
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        await conn.fetchval(POST, [opened("ghost")], ["ghost"], [5_000], [5_000])
+    assert caught.value.sqlstate == "LS409"
+    assert await head_of(conn) == head
+    assert await conn.fetchval("SELECT count(*) FROM accounts WHERE id = 'ghost'") == 0
+
+
+async def test_a_posting_before_its_account_is_opened_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    head = await head_of(conn)
+    events = [posted("early", [("c0", 50, 9_950), ("late", -50, 50)]), opened("late")]
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="opened before it"):
+        await conn.fetchval(POST, events, ["c0", "late"], [10_000, 0], [9_950, 50])
+    assert await head_of(conn) == head
+
+
+async def test_a_reversal_before_the_transfer_it_reverses_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    first = json.loads(posted("rev-first", [("cash", -10, 29_990), ("c1", 10, 9_990)]))
+    first["reverses"] = "later"
+    events = [canonical(first), posted("later", [("cash", 10, 30_000), ("c1", -10, 10_000)])]
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="not decided before it"):
+        await conn.fetchval(POST, events, ["c1", "cash"], [10_000, 30_000], [10_000, 30_000])
+
+
+async def test_a_plan_that_dips_below_a_floor_between_entries_is_refused(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    """c0 (floor 0) goes to -1,000 after one entry and back after the next: still refused."""
+    await open_bank(ledger)
+    head = await head_of(conn)
+    events = [
+        posted("dip", [("c0", 11_000, -1_000), ("cash", -11_000, 19_000)]),
+        posted("undip", [("cash", 11_000, 30_000), ("c0", -11_000, 10_000)]),
+    ]
+    with pytest.raises(asyncpg.PostgresError, match="past its floor") as caught:
+        await conn.fetchval(POST, events, ["c0", "cash"], [10_000, 30_000], [10_000, 30_000])
+    assert caught.value.sqlstate == "LS500"
+    assert await head_of(conn) == head
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE accounts SET status = 'frozen' WHERE id = 'c0'",
+        "UPDATE accounts SET overdraft_limit_minor = NULL WHERE id = 'c0'",
+    ],
+)
+async def test_only_the_balance_of_an_account_changes(
+    ledger: Ledger, conn: asyncpg.Connection, statement: str
+) -> None:
+    await open_bank(ledger)
+    with pytest.raises(asyncpg.PostgresError, match="only the balance changes"):
+        await conn.execute(statement)
+
+
+async def test_an_account_without_its_event_cannot_be_inserted(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    with pytest.raises(asyncpg.CheckViolationError, match="not what an account_opened event"):
+        await conn.execute(
+            "INSERT INTO accounts (id, currency, currency_exponent, normal_side, status, "
+            "overdraft_limit_minor, balance_minor, opened_seq) "
+            "VALUES ('sneak', 'EUR', 2, 'credit', 'open', NULL, 1000000000, 3)"
+        )
+
+
+async def test_the_log_head_cannot_skip_sequence_numbers(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    head = await head_of(conn)
+    with pytest.raises(asyncpg.CheckViolationError, match="log head moved"):
+        await conn.execute("UPDATE log_head SET seq = seq + 3")
+    assert await head_of(conn) == head
+    seq = (await ledger.transfer(pay("after", "c0", "c1", 1))).seq
+    assert seq == head[0] + 1
+
+
+async def test_an_event_beyond_the_head_is_refused_and_posting_goes_on(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    seq = (await head_of(conn))[0] + 1
+    with pytest.raises(asyncpg.CheckViolationError, match="beyond the log head"):
+        await conn.execute(
+            "INSERT INTO events (seq, batch, type, content, hash) "
+            "VALUES ($1, 0, 'transfer_rejected', '{}', $2)",
+            seq,
+            bytes(32),
+        )
+    assert (await ledger.transfer(pay("next", "c0", "c1", 1))).seq == seq
+
+
+async def test_no_setting_switches_the_append_only_triggers_off(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    await open_bank(ledger)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL ledger_sidecar.migrating = 'on'")
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("UPDATE postings SET amount_minor = amount_minor")

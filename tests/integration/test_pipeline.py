@@ -24,7 +24,7 @@ from sidecar.domain.ledger import (
     Transfer,
 )
 from sidecar.domain.outcome import AccountOutcome, Rejection, TransferOutcome
-from sidecar.errors import AccountsTaken, KeysTaken, PlanStale
+from sidecar.errors import AccountsTaken, KeysTaken, LedgerUnavailable, PlanStale
 from sidecar.posting import Ledger
 from sidecar.verify import verify
 
@@ -241,3 +241,52 @@ async def test_a_command_held_back_by_an_open_in_flight_keeps_its_place_in_line(
     assert isinstance(k2, TransferOutcome) and k2.rejection is Rejection.INSUFFICIENT_FUNDS
     assert isinstance(r1, TransferOutcome) and r1.posted and r1.reverses == "k1"
     assert (await ledger.balance("c0"), await ledger.balance("x")) == (100, 0)
+
+
+class SlowCommit(PostgresLedgerStore):
+    """The real store; the commit of the batch holding ``key`` reaches the server late."""
+
+    def __init__(self, pool: asyncpg.Pool, key: str, delay_s: float) -> None:
+        super().__init__(pool)
+        self.marker = f'"key":"{key}"'
+        self.delay_s = delay_s
+        self.delayed = False
+
+    async def commit(self, plan: BatchPlan) -> int:
+        if not self.delayed and any(self.marker in e for e in plan.events):
+            self.delayed = True
+            await asyncio.sleep(self.delay_s)
+        return await super().commit(plan)
+
+
+async def test_a_batch_that_reaches_the_database_first_does_not_overtake_the_one_before(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """N+1 gets to the log head before N, is refused as stale, and waits for N to decide again."""
+    async with Ledger(SlowCommit(pool, "dep", 0.3), tight(settings)) as ledger:
+        await ledger.open_account(Account("cash", EUR, NormalSide.DEBIT, None))
+        await ledger.open_account(Account("c0", EUR, NormalSide.CREDIT, 0))
+        await ledger.open_account(Account("c1", EUR, NormalSide.CREDIT, 0))
+        deposit = asyncio.ensure_future(ledger.transfer(pay("dep", "cash", "c0", 100)))
+        await asyncio.sleep(0.05)  # the deposit's batch is in flight
+        withdrawal = await ledger.transfer(pay("wd", "c0", "c1", 100))
+        first = await deposit
+        assert ledger.stats.replans >= 1  # the withdrawal's batch really came first
+    assert first.posted and withdrawal.posted, withdrawal.rejection
+    assert first.seq is not None and withdrawal.seq is not None
+    assert first.seq < withdrawal.seq
+
+
+async def test_stopping_mid_commit_still_answers_every_caller(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    ledger = Ledger(SlowCommit(pool, "slow", 5.0), tight(settings))
+    await ledger.start()
+    try:
+        await open_bank(ledger)
+        slow = asyncio.ensure_future(ledger.transfer(pay("slow", "c0", "c1", 1)))
+        await asyncio.sleep(0.05)
+    finally:
+        await ledger.stop(timeout_s=0.2)
+    with pytest.raises(LedgerUnavailable, match="outcome is unknown"):
+        await asyncio.wait_for(slow, 1.0)

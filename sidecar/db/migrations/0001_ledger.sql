@@ -7,25 +7,35 @@
 -- captures it (SET search_path FROM CURRENT), so one database can hold several ledgers
 -- (the live one, a rebuild, one per test).
 --
--- Guarantees, each kept by the database itself (tests/integration/test_database_guards.py):
+-- Guarantees, each kept by the database itself (tests/integration/test_database_guards.py),
+-- for any INSERT or UPDATE, not only post_batch's (with triggers on, as they always are
+-- outside session_replication_role = replica, which only a superuser may set):
 -- - An entry whose postings do not balance per currency, has fewer than two postings, or does
 --   not have exactly the legs its transfer records, all inserted by one statement, is refused
---   (postings_balanced statement trigger); every event sealed into the log has exactly the
---   rows it describes (log_head_sealed_rows, deferred to commit).
--- - Every row refers to rows that exist: a posting to its transfer and to an account in the
---   posting's currency, a transfer to its event of the matching type (statement triggers with
---   transition tables: one set-based check per INSERT instead of one locking lookup per row,
---   which cost more than the rest of a batch; complete here because the referenced rows can
---   be neither deleted nor re-keyed), and a reversal to the transfer it reverses.
--- - A balance never crosses its account's floor or overdraft limit (balance_within_limit).
+--   (postings_balanced statement trigger).
+-- - Every row refers to rows that exist and came before it: a posting to its transfer and to an
+--   account in the posting's currency opened at an earlier seq, a transfer to its event of the
+--   matching type, a reversal to a transfer decided earlier, an account to the account_opened
+--   event that describes it (statement triggers with transition tables: one set-based check per
+--   INSERT instead of one locking lookup per row, which cost more than the rest of a batch;
+--   complete because the referenced rows can be neither deleted nor changed).
+-- - The log head moves forward only, over exactly the events appended with it, and carries the
+--   last one's hash; events beyond it are refused; the events a head advance seals have
+--   exactly the rows they describe, and accounts opened there hold only what their postings
+--   there moved (log_head_sealed_rows, deferred to commit, once per batch).
+-- - A balance never crosses its account's floor or overdraft limit (balance_within_limit), and
+--   post_batch refuses a plan that crosses one at the end of any entry or posts to an account
+--   that is not open (LS500).
 -- - Idempotency keys are unique; a transfer is reversed by at most one posted reversal.
 -- - events, transfers and postings are append-only: UPDATE, DELETE and TRUNCATE fail, for the
---   table owner too, unless the migrator set ledger_sidecar.migrating for its transaction.
---   accounts rows cannot be deleted and their identity columns cannot change.
--- - post_batch appends events with a gap-free seq in commit order (one log_head row, locked
---   for the rest of the transaction) and hash = sha256(prev || int8(seq) || utf8(content)).
+--   table owner too, with no setting to switch that off. Accounts rows cannot be deleted and
+--   only their balance changes.
+-- - post_batch appends events with a gap-free seq in commit order (the log_head row is locked
+--   first, for the rest of the transaction) and hash = sha256(prev || int8(seq) || utf8(content)).
 -- - post_batch refuses a plan made from stale balances (SQLSTATE LS409) so no writer can
 --   overwrite a balance another writer changed since it read it.
+-- What the triggers cannot see, verify does: that each row's content equals its event's
+-- (sidecar/verify.py), and a superuser with the triggers switched off.
 
 -- Checked where a value is assigned (domains), not on every balance update (a table CHECK is
 -- re-evaluated by each UPDATE of the row: regular expressions there cost a seventh of a batch).
@@ -100,12 +110,11 @@ CREATE INDEX postings_account_history ON postings (account_id, seq, leg);
 -- ---------------------------------------------------------------------------------------------
 -- append-only
 
+-- No setting switches these off: a migration that must rewrite history disables the trigger
+-- by name (ALTER TABLE ... DISABLE TRIGGER), which only the tables' owner may do.
 CREATE FUNCTION refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('ledger_sidecar.migrating', true) = 'on' THEN
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    END IF;
     RAISE EXCEPTION USING
         ERRCODE = 'LS001',
         MESSAGE = format('%s is append-only: %s refused', TG_TABLE_NAME, TG_OP),
@@ -133,32 +142,32 @@ CREATE TRIGGER log_head_no_delete BEFORE DELETE ON log_head
 CREATE TRIGGER log_head_no_truncate BEFORE TRUNCATE ON log_head
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
+-- Only the balance of an account moves. Status and overdraft limit are fixed too until an event
+-- records their changes (the planner reads them, and the log must explain every decision).
 CREATE FUNCTION accounts_identity_fixed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('ledger_sidecar.migrating', true) = 'on' THEN
-        RETURN NEW;
-    END IF;
-    IF (NEW.id, NEW.currency, NEW.currency_exponent, NEW.normal_side, NEW.opened_seq)
+    IF (NEW.id, NEW.currency, NEW.currency_exponent, NEW.normal_side, NEW.opened_seq,
+        NEW.status, NEW.overdraft_limit_minor)
        IS DISTINCT FROM
-       (OLD.id, OLD.currency, OLD.currency_exponent, OLD.normal_side, OLD.opened_seq) THEN
+       (OLD.id, OLD.currency, OLD.currency_exponent, OLD.normal_side, OLD.opened_seq,
+        OLD.status, OLD.overdraft_limit_minor) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'LS001',
-            MESSAGE = format('account %s: id, currency, side and opening are fixed', OLD.id);
+            MESSAGE = format('account %s: only the balance changes (id, currency, side, '
+                             'opening, status and limit are fixed)', OLD.id);
     END IF;
     RETURN NEW;
 END $$;
--- fires only for statements that name an identity column: balance updates never pay for it
+-- fires only for statements that name one of these columns: balance updates never pay for it
 CREATE TRIGGER accounts_identity_fixed
-    BEFORE UPDATE OF id, currency, currency_exponent, normal_side, opened_seq ON accounts
+    BEFORE UPDATE OF id, currency, currency_exponent, normal_side, opened_seq, status,
+                     overdraft_limit_minor ON accounts
     FOR EACH ROW EXECUTE FUNCTION accounts_identity_fixed();
 
 CREATE FUNCTION log_head_forward_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('ledger_sidecar.migrating', true) = 'on' THEN
-        RETURN NEW;
-    END IF;
     IF NEW.seq < OLD.seq OR NEW.batches < OLD.batches THEN
         RAISE EXCEPTION USING ERRCODE = 'LS001', MESSAGE = 'the log head only moves forward';
     END IF;
@@ -166,6 +175,59 @@ BEGIN
 END $$;
 CREATE TRIGGER log_head_forward_only BEFORE UPDATE ON log_head
     FOR EACH ROW EXECUTE FUNCTION log_head_forward_only();
+
+-- Events are appended only up to the log head, which must be advanced first in the same
+-- transaction (log_head_sealed_rows then checks the advance at commit): a stray event beyond the
+-- head would otherwise take the next batch's sequence number and block every later commit.
+CREATE FUNCTION events_within_head() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_beyond bigint;
+BEGIN
+    SELECT max(n.seq) INTO v_beyond FROM new_events n WHERE n.seq > (SELECT seq FROM log_head);
+    IF v_beyond IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            CONSTRAINT = 'events_within_head',
+            MESSAGE = format('event %s is beyond the log head: advance the head first',
+                             v_beyond);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_within_head AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_within_head();
+
+-- An account row is what its account_opened event says, at that event's seq, opened at 0
+-- (its balance at the commit of its batch is checked against its postings there).
+CREATE FUNCTION accounts_opened_by_event() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT n.id, n.opened_seq INTO bad
+    FROM new_accounts n
+    LEFT JOIN events e ON e.seq = n.opened_seq AND e.type = 'account_opened'
+    WHERE e.seq IS NULL
+       OR (e.content::jsonb ->> 'account', e.content::jsonb ->> 'currency',
+           (e.content::jsonb ->> 'exponent')::smallint, e.content::jsonb ->> 'normal_side',
+           e.content::jsonb ->> 'status', (e.content::jsonb ->> 'overdraft_limit_minor')::bigint)
+          IS DISTINCT FROM
+          (n.id::text, n.currency::text, n.currency_exponent, n.normal_side, n.status,
+           n.overdraft_limit_minor)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            CONSTRAINT = 'accounts_opened_by_event',
+            MESSAGE = format('account %s is not what an account_opened event at seq %s says',
+                             bad.id, bad.opened_seq);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER accounts_opened_by_event AFTER INSERT ON accounts
+    REFERENCING NEW TABLE AS new_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION accounts_opened_by_event();
 
 -- ---------------------------------------------------------------------------------------------
 -- double entry
@@ -178,17 +240,19 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT n.transfer_key, n.account_id, n.currency INTO bad
+    SELECT n.transfer_key, n.account_id, n.currency, n.seq INTO bad
     FROM new_postings n
     LEFT JOIN accounts a ON a.id = n.account_id AND a.currency = n.currency
+                        AND a.opened_seq < n.seq
     WHERE a.id IS NULL
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = '23503',
             CONSTRAINT = 'postings_account',
-            MESSAGE = format('posting of %s to %s in %s: no such account in that currency',
-                             bad.transfer_key, bad.account_id, bad.currency);
+            MESSAGE = format('posting of %s to %s in %s at seq %s: no such account in that '
+                             'currency opened before it',
+                             bad.transfer_key, bad.account_id, bad.currency, bad.seq);
     END IF;
 
     SELECT n.seq, n.currency, sum(n.amount_minor) AS off INTO bad
@@ -248,14 +312,15 @@ BEGIN
     END IF;
     SELECT n.key, n.reverses INTO bad
     FROM new_transfers n
-    LEFT JOIN transfers r ON r.key = n.reverses
+    LEFT JOIN transfers r ON r.key = n.reverses AND r.seq < n.seq
     WHERE n.reverses IS NOT NULL AND r.key IS NULL
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = '23503',
             CONSTRAINT = 'transfers_recorded',
-            MESSAGE = format('transfer %s reverses %s, which does not exist', bad.key, bad.reverses);
+            MESSAGE = format('transfer %s reverses %s, which was not decided before it',
+                             bad.key, bad.reverses);
     END IF;
     -- beyond the head only together with the head's advance, which log_head_sealed_rows checks
     SELECT n.key, n.seq INTO bad
@@ -275,25 +340,41 @@ CREATE TRIGGER transfers_recorded AFTER INSERT ON transfers
     REFERENCING NEW TABLE AS new_transfers
     FOR EACH STATEMENT EXECUTE FUNCTION transfers_recorded();
 
--- Once per sealed batch, at commit: the events the log head just took in have exactly the
--- rows they describe (one check per batch, where a deferred trigger per transfer cost a
--- tenth of a batch). Counting suffices: transfers_recorded ties each transfer to an event of
--- its type at its seq (seq is unique), postings_balanced ties each seq's postings to the
--- posted transfer there, and opened_seq is unique; equal counts make each tie one-to-one.
+-- Once per sealed batch, at commit: the head moved over exactly the events appended, its hash
+-- is the last one's, and those events have exactly the rows they describe (one check per batch,
+-- where a deferred trigger per transfer cost a tenth of a batch). Counting suffices for the
+-- rows: transfers_recorded ties each transfer to an event of its type at its seq (seq is
+-- unique), postings_balanced ties each seq's postings to the posted transfer there, and
+-- accounts_opened_by_event ties each account to its event; equal counts make each tie
+-- one-to-one. An account opened here holds exactly what its postings here moved.
 CREATE FUNCTION log_head_sealed_rows() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
+    v_events          bigint;
+    v_last_hash       bytea;
     v_transfer_events bigint;
     v_opening_events  bigint;
     v_transfers       bigint;
     v_posted          bigint;
     v_posted_entries  bigint;
     v_opened          bigint;
+    v_bad             text;
 BEGIN
-    SELECT count(*) FILTER (WHERE type <> 'account_opened'),
-           count(*) FILTER (WHERE type = 'account_opened')
-      INTO v_transfer_events, v_opening_events
+    SELECT count(*),
+           count(*) FILTER (WHERE type <> 'account_opened'),
+           count(*) FILTER (WHERE type = 'account_opened'),
+           (array_agg(hash ORDER BY seq DESC))[1]
+      INTO v_events, v_transfer_events, v_opening_events, v_last_hash
     FROM events WHERE seq > OLD.seq AND seq <= NEW.seq;
+    IF v_events <> NEW.seq - OLD.seq
+       OR (NEW.seq > OLD.seq AND v_last_hash IS DISTINCT FROM NEW.hash)
+       OR (NEW.seq = OLD.seq AND NEW.hash <> OLD.hash) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            CONSTRAINT = 'log_head_sealed_rows',
+            MESSAGE = format('the log head moved from %s to %s over %s events, or its hash is '
+                             'not the last event''s', OLD.seq, NEW.seq, v_events);
+    END IF;
     SELECT count(*), count(*) FILTER (WHERE status = 'posted') INTO v_transfers, v_posted
     FROM transfers WHERE seq > OLD.seq AND seq <= NEW.seq;
     SELECT count(DISTINCT seq) INTO v_posted_entries
@@ -310,6 +391,22 @@ BEGIN
                              'postings of %s, %s accounts for %s openings',
                              OLD.seq + 1, NEW.seq, v_transfers, v_transfer_events,
                              v_posted_entries, v_posted, v_opened, v_opening_events);
+    END IF;
+    IF v_opened > 0 THEN
+        SELECT string_agg(a.id, ', ') INTO v_bad
+        FROM accounts a
+        WHERE a.opened_seq > OLD.seq AND a.opened_seq <= NEW.seq
+          AND a.balance_minor <> coalesce((
+              SELECT sum(CASE a.normal_side WHEN 'debit' THEN p.amount_minor
+                                            ELSE -p.amount_minor END)
+              FROM postings p WHERE p.account_id = a.id), 0);
+        IF v_bad IS NOT NULL THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '23514',
+                CONSTRAINT = 'log_head_sealed_rows',
+                MESSAGE = format('accounts opened with money their postings do not explain: %s',
+                                 v_bad);
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
@@ -347,6 +444,10 @@ DECLARE
     v_hashes     bytea[];
     v_open_ids   text[];
     v_open_sides text[];
+    v_open_status text[];
+    v_open_limits bigint[];
+    v_moved_status text[];
+    v_moved_limits bigint[];
     v_keys       text[];
     v_legs       smallint[];
     v_accounts   text[];
@@ -357,6 +458,7 @@ DECLARE
     v_moved      text[];     -- accounts whose balance this batch moved
     v_moved_sides text[];    -- and their normal sides
     v_bad        text;
+    v_rule       text;
 BEGIN
     IF v_count = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'post_batch needs at least one event';
@@ -373,8 +475,12 @@ BEGIN
            coalesce(array_agg(d ->> 'account' ORDER BY n)
                     FILTER (WHERE d ->> 'type' = 'account_opened'), '{}'),
            coalesce(array_agg(d ->> 'normal_side' ORDER BY n)
+                    FILTER (WHERE d ->> 'type' = 'account_opened'), '{}'),
+           coalesce(array_agg(d ->> 'status' ORDER BY n)
+                    FILTER (WHERE d ->> 'type' = 'account_opened'), '{}'),
+           coalesce(array_agg((d ->> 'overdraft_limit_minor')::bigint ORDER BY n)
                     FILTER (WHERE d ->> 'type' = 'account_opened'), '{}')
-      INTO v_types, v_open_ids, v_open_sides
+      INTO v_types, v_open_ids, v_open_sides, v_open_status, v_open_limits
     FROM unnest(v_docs) WITH ORDINALITY AS u (d, n);
 
     SELECT coalesce(array_agg(d ->> 'key' ORDER BY n, l), '{}'),
@@ -396,10 +502,11 @@ BEGIN
         FROM unnest(p_account_ids, p_balances_before, p_balances_after) AS g (id, before, after)
         WHERE a.id = g.id AND g.after <> g.before AND a.balance_minor = g.before
           AND NOT (g.id = ANY (v_open_ids))
-        RETURNING a.id, a.normal_side
+        RETURNING a.id, a.normal_side, a.status, a.overdraft_limit_minor
     )
-    SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(normal_side), '{}')
-      INTO v_moved, v_moved_sides
+    SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(normal_side), '{}'),
+           coalesce(array_agg(status), '{}'), coalesce(array_agg(overdraft_limit_minor), '{}')
+      INTO v_moved, v_moved_sides, v_moved_status, v_moved_limits
     FROM moved;
     SELECT string_agg(g.id, ', ' ORDER BY g.id) INTO v_bad  -- consulted only, or opened
     FROM (
@@ -408,7 +515,8 @@ BEGIN
         WHERE g.after = g.before OR g.id = ANY (v_open_ids)
     ) AS g
     LEFT JOIN accounts a ON a.id = g.id
-    WHERE CASE WHEN g.opening THEN a.balance_minor <> g.before  -- it exists already
+    WHERE CASE WHEN g.opening THEN g.before <> 0                -- opened at 0, or
+                                   OR a.balance_minor <> g.before  -- it exists already
                ELSE a.balance_minor IS DISTINCT FROM g.before END;
     IF v_bad IS NULL AND coalesce(array_length(v_moved, 1), 0) <> (
         SELECT count(*) FROM unnest(p_account_ids, p_balances_before, p_balances_after)
@@ -427,34 +535,57 @@ BEGIN
             DETAIL = v_bad;
     END IF;
 
-    -- 4. the plan's own arithmetic (a failure here undoes step 3): each posting's balance-after
-    -- is the account's balance-before plus its postings up to it, and each account's
-    -- balance-after is its balance-before plus all of its postings. Normal sides come from the
-    -- update above, from the event opening the account, or (net zero: not updated) the table.
-    -- Postings to accounts that exist nowhere are refused at insert (step 5).
-    SELECT string_agg(DISTINCT r.account_id, ', ') INTO v_bad
+    -- 4. the plan's own arithmetic and rules (a failure here undoes step 3): each posting's
+    -- balance-after is the account's balance-before plus its postings up to it; at the end of
+    -- each entry the account is within its floor or overdraft limit; postings go only to open
+    -- accounts. Sides, limits and statuses come from the update above, from the event opening
+    -- the account, or (net zero: not updated) the table. Postings to accounts that exist
+    -- nowhere are refused at insert (step 5).
+    SELECT string_agg(DISTINCT r.account_id, ', ') FILTER (WHERE r.running IS DISTINCT FROM r.said),
+           string_agg(DISTINCT r.account_id, ', ') FILTER (
+               WHERE r.status IS DISTINCT FROM 'open'
+                  OR (r.entry_end AND r.lim IS NOT NULL AND r.running < -r.lim))
+      INTO v_bad, v_rule
     FROM (
-        SELECT p.account_id, p.said,
+        SELECT p.account_id, p.said, p.status, p.lim,
                g.before + sum(CASE p.side WHEN 'debit' THEN p.amount ELSE -p.amount END)
-                          OVER (PARTITION BY p.account_id ORDER BY p.ord) AS running
+                          OVER (PARTITION BY p.account_id ORDER BY p.ord) AS running,
+               lead(p.entry) OVER (PARTITION BY p.account_id ORDER BY p.ord)
+                   IS DISTINCT FROM p.entry AS entry_end
         FROM (
-            SELECT p.account_id, p.amount, p.said, p.ord,
-                   coalesce(m.side, o.side, (SELECT a.normal_side FROM accounts a
-                                              WHERE a.id = p.account_id)) AS side
-            FROM unnest(v_accounts, v_amounts, v_afters) WITH ORDINALITY
-                 AS p (account_id, amount, said, ord)
-            LEFT JOIN unnest(v_moved, v_moved_sides) AS m (id, side) ON m.id = p.account_id
-            LEFT JOIN unnest(v_open_ids, v_open_sides) AS o (id, side) ON o.id = p.account_id
+            SELECT p.account_id, p.amount, p.said, p.entry, p.ord,
+                   CASE WHEN m.id IS NOT NULL THEN m.side
+                        WHEN o.id IS NOT NULL THEN o.side ELSE x.normal_side END AS side,
+                   CASE WHEN m.id IS NOT NULL THEN m.status
+                        WHEN o.id IS NOT NULL THEN o.status ELSE x.status END AS status,
+                   CASE WHEN m.id IS NOT NULL THEN m.lim
+                        WHEN o.id IS NOT NULL THEN o.lim ELSE x.overdraft_limit_minor END AS lim
+            FROM unnest(v_accounts, v_amounts, v_afters, v_event_no) WITH ORDINALITY
+                 AS p (account_id, amount, said, entry, ord)
+            LEFT JOIN unnest(v_moved, v_moved_sides, v_moved_status, v_moved_limits)
+                   AS m (id, side, status, lim) ON m.id = p.account_id
+            LEFT JOIN unnest(v_open_ids, v_open_sides, v_open_status, v_open_limits)
+                   AS o (id, side, status, lim) ON o.id = p.account_id
+            LEFT JOIN LATERAL (
+                SELECT a.normal_side, a.status, a.overdraft_limit_minor FROM accounts a
+                WHERE a.id = p.account_id AND m.id IS NULL AND o.id IS NULL
+            ) AS x ON true
         ) AS p
         LEFT JOIN unnest(p_account_ids, p_balances_before) AS g (id, before)
                ON g.id = p.account_id
-    ) AS r
-    WHERE r.running IS DISTINCT FROM r.said;  -- NULL: an account the plan did not list
+    ) AS r;  -- running NULL: an account the plan did not list
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = 'LS500',
             MESSAGE = 'planned balance-after values disagree with the running balances',
             DETAIL = v_bad;
+    END IF;
+    IF v_rule IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'LS500',
+            MESSAGE = 'the plan posts to an account that is not open or leaves it past its '
+                      'floor or overdraft limit at the end of an entry',
+            DETAIL = v_rule;
     END IF;
 
     -- every posting's account is listed (above), so an account's last balance-after is its
@@ -482,9 +613,9 @@ BEGIN
         v_hashes[i] := v_hash;
     END LOOP;
     v_seq := v_seq + v_count;
+    UPDATE log_head SET seq = v_seq, hash = v_hash, batches = v_batch;
     INSERT INTO events (seq, batch, type, content, hash)
     SELECT s, v_batch, t, c, h FROM unnest(v_seqs, v_types, p_events, v_hashes) AS u (s, t, c, h);
-    UPDATE log_head SET seq = v_seq, hash = v_hash, batches = v_batch;
 
     INSERT INTO accounts (id, currency, currency_exponent, normal_side, status,
                           overdraft_limit_minor, balance_minor, opened_seq)
