@@ -312,8 +312,8 @@ BEGIN
     END IF;
     SELECT n.key, n.reverses INTO bad
     FROM new_transfers n
-    LEFT JOIN transfers r ON r.key = n.reverses AND r.seq < n.seq
-    WHERE n.reverses IS NOT NULL AND r.key IS NULL
+    WHERE n.reverses IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.key = n.reverses AND r.seq < n.seq)
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
@@ -362,10 +362,10 @@ DECLARE
 BEGIN
     SELECT count(*),
            count(*) FILTER (WHERE type <> 'account_opened'),
-           count(*) FILTER (WHERE type = 'account_opened'),
-           (array_agg(hash ORDER BY seq DESC))[1]
-      INTO v_events, v_transfer_events, v_opening_events, v_last_hash
+           count(*) FILTER (WHERE type = 'account_opened')
+      INTO v_events, v_transfer_events, v_opening_events
     FROM events WHERE seq > OLD.seq AND seq <= NEW.seq;
+    SELECT hash INTO v_last_hash FROM events WHERE seq = NEW.seq;
     IF v_events <> NEW.seq - OLD.seq
        OR (NEW.seq > OLD.seq AND v_last_hash IS DISTINCT FROM NEW.hash)
        OR (NEW.seq = OLD.seq AND NEW.hash <> OLD.hash) THEN
@@ -553,23 +553,28 @@ BEGIN
                lead(p.entry) OVER (PARTITION BY p.account_id ORDER BY p.ord)
                    IS DISTINCT FROM p.entry AS entry_end
         FROM (
+            -- (the subqueries run only for accounts neither moved nor opened here: CASE
+            -- evaluates them only when reached)
             SELECT p.account_id, p.amount, p.said, p.entry, p.ord,
                    CASE WHEN m.id IS NOT NULL THEN m.side
-                        WHEN o.id IS NOT NULL THEN o.side ELSE x.normal_side END AS side,
+                        WHEN o.id IS NOT NULL THEN o.side
+                        ELSE (SELECT a.normal_side FROM accounts a WHERE a.id = p.account_id)
+                   END AS side,
                    CASE WHEN m.id IS NOT NULL THEN m.status
-                        WHEN o.id IS NOT NULL THEN o.status ELSE x.status END AS status,
+                        WHEN o.id IS NOT NULL THEN o.status
+                        ELSE (SELECT a.status FROM accounts a WHERE a.id = p.account_id)
+                   END AS status,
                    CASE WHEN m.id IS NOT NULL THEN m.lim
-                        WHEN o.id IS NOT NULL THEN o.lim ELSE x.overdraft_limit_minor END AS lim
+                        WHEN o.id IS NOT NULL THEN o.lim
+                        ELSE (SELECT a.overdraft_limit_minor FROM accounts a
+                              WHERE a.id = p.account_id)
+                   END AS lim
             FROM unnest(v_accounts, v_amounts, v_afters, v_event_no) WITH ORDINALITY
                  AS p (account_id, amount, said, entry, ord)
             LEFT JOIN unnest(v_moved, v_moved_sides, v_moved_status, v_moved_limits)
                    AS m (id, side, status, lim) ON m.id = p.account_id
             LEFT JOIN unnest(v_open_ids, v_open_sides, v_open_status, v_open_limits)
                    AS o (id, side, status, lim) ON o.id = p.account_id
-            LEFT JOIN LATERAL (
-                SELECT a.normal_side, a.status, a.overdraft_limit_minor FROM accounts a
-                WHERE a.id = p.account_id AND m.id IS NULL AND o.id IS NULL
-            ) AS x ON true
         ) AS p
         LEFT JOIN unnest(p_account_ids, p_balances_before) AS g (id, before)
                ON g.id = p.account_id
@@ -617,15 +622,18 @@ BEGIN
     INSERT INTO events (seq, batch, type, content, hash)
     SELECT s, v_batch, t, c, h FROM unnest(v_seqs, v_types, p_events, v_hashes) AS u (s, t, c, h);
 
-    INSERT INTO accounts (id, currency, currency_exponent, normal_side, status,
-                          overdraft_limit_minor, balance_minor, opened_seq)
-    SELECT d ->> 'account', d ->> 'currency', (d ->> 'exponent')::smallint, d ->> 'normal_side',
-           d ->> 'status', (d ->> 'overdraft_limit_minor')::bigint,
-           coalesce(g.after, 0), v_first + n - 1
-    FROM unnest(v_docs) WITH ORDINALITY AS u (d, n)
-    LEFT JOIN unnest(p_account_ids, p_balances_after) AS g (id, after) ON g.id = d ->> 'account'
-    WHERE d ->> 'type' = 'account_opened'
-    ORDER BY n;
+    IF array_length(v_open_ids, 1) > 0 THEN
+        INSERT INTO accounts (id, currency, currency_exponent, normal_side, status,
+                              overdraft_limit_minor, balance_minor, opened_seq)
+        SELECT d ->> 'account', d ->> 'currency', (d ->> 'exponent')::smallint,
+               d ->> 'normal_side', d ->> 'status', (d ->> 'overdraft_limit_minor')::bigint,
+               coalesce(g.after, 0), v_first + n - 1
+        FROM unnest(v_docs) WITH ORDINALITY AS u (d, n)
+        LEFT JOIN unnest(p_account_ids, p_balances_after) AS g (id, after)
+               ON g.id = d ->> 'account'
+        WHERE d ->> 'type' = 'account_opened'
+        ORDER BY n;
+    END IF;
 
     INSERT INTO transfers (key, fingerprint, status, rejection, reverses, metadata, legs, seq)
     SELECT d ->> 'key', decode(d ->> 'fingerprint', 'hex'),
