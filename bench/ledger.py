@@ -51,6 +51,7 @@ from sidecar.errors import SidecarError
 from sidecar.posting import Ledger, WriterStats
 from sidecar.rebuild import rebuild
 from sidecar.report import progress, table
+from sidecar.runtime import tune_gc
 
 EUR = Currency("EUR", 2)
 CASH = "bench-cash"  # debit-normal, no floor: funds every customer
@@ -841,6 +842,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_gc()  # as the sidecar's own commands run; the baseline runs in this process too
     try:
         result, sound = asyncio.run(run(args))
     except (SidecarError, asyncpg.PostgresError, OSError, RuntimeError, ValueError) as exc:
