@@ -92,6 +92,8 @@ def check_key(value: object, what: str = "idempotency key") -> str:
 
 
 def check_metadata(value: Mapping[str, str]) -> dict[str, str]:
+    if value.__class__ is dict and not value:  # the common case, without the ABC check
+        return {}
     if not isinstance(value, Mapping):
         raise InvalidCommand("metadata must be a mapping of strings to strings")
     if len(value) > METADATA_ENTRIES_MAX:
@@ -281,13 +283,7 @@ class TransferRecord(NamedTuple):
 
     def outcome(self, *, replayed: bool) -> TransferOutcome:
         return TransferOutcome(
-            key=self.key,
-            status=self.status,
-            rejection=self.rejection,
-            postings=self.postings,
-            reverses=self.reverses,
-            replayed=replayed,
-            seq=self.seq,
+            self.key, self.status, self.rejection, self.postings, self.reverses, replayed, self.seq
         )
 
 
