@@ -28,6 +28,18 @@ class ConfigError(SidecarError):
     code = "config_invalid"
 
 
+class MappingError(ConfigError):
+    """The legacy-route mapping file cannot be used; raised at start-up, before any traffic."""
+
+    code = "mapping_invalid"
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
 # --- bad input: the command is refused and nothing changes -------------------------------
 
 
