@@ -1,0 +1,172 @@
+"""A mirrored legacy request, through its route's mapping, into a ledger command or read.
+
+``to_ledger(matched, exchange, currencies)`` reads the route's fields out of the request and the
+legacy answer and builds the ``OpenAccount``, ``Transfer``, ``Reversal`` or ``BalanceRead`` the
+ledger would have done; ``legacy_side(route, status, answer)`` says whether the legacy service
+accepted, rejected or failed. No I/O.
+
+Guarantees (tests/unit/test_translate.py):
+- A field the route needs but the request lacks, an amount that is not exact money in its
+  currency's exponent, or a currency the mapping does not know raises ``InvalidCommand`` naming
+  the route, the field and its source; nothing is guessed or rounded.
+- Amounts are positive integers in minor units: "10.50" EUR becomes 1050, "1.050" BHD 1050.
+- The ledger idempotency key is the legacy one, prefixed by the route's operation, so one
+  legacy key reused across operations cannot collide in the ledger.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.domain.comparison import SideStatus, legacy_decimal
+from sidecar.domain.ledger import (
+    Account,
+    NormalSide,
+    OpenAccount,
+    Reversal,
+    Transfer,
+)
+from sidecar.domain.mapping import MISSING, MatchedRoute, Operation, Route, extract
+from sidecar.domain.money import Currency
+from sidecar.errors import InvalidAmount, InvalidCommand
+
+_SAFE_KEY = re.compile(r"[^\x21-\x7e]")
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One legacy request and its answer, as captured."""
+
+    method: str
+    path: str
+    request: Any = MISSING  # the JSON body, numbers parsed as Decimal
+    answer: Any = MISSING
+    status: int | None = None  # the legacy answer's HTTP status; None if it never answered
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRead:
+    account_id: str
+    currency: str
+
+
+LedgerRequest = OpenAccount | Transfer | Reversal | BalanceRead
+
+
+def legacy_side(route: Route, exchange: Exchange) -> tuple[SideStatus, str | None]:
+    """Accepted, rejected (with the legacy code, if the route says where it is) or error."""
+    status = exchange.status
+    if status is None:
+        return SideStatus.ERROR, "the legacy service did not answer"
+    if status in route.outcome.accepted_statuses:
+        return SideStatus.ACCEPTED, None
+    if status in route.outcome.rejected_statuses:
+        code = None
+        if route.outcome.rejection_code is not None:
+            value = _value(route.outcome.rejection_code, exchange, None)
+            code = None if value is MISSING else str(value)
+        return SideStatus.REJECTED, code
+    return SideStatus.ERROR, f"legacy status {status} is neither accepted nor rejected"
+
+
+def rejection_outcome(route: Route, legacy_code: str | None) -> str | None:
+    """The ledger's name for the legacy rejection code (``insufficient_funds``...), if mapped."""
+    if legacy_code is None:
+        return None
+    for outcome, codes in route.outcome.rejection_codes.items():
+        if legacy_code in codes:
+            return outcome
+    return None
+
+
+def to_ledger(
+    matched: MatchedRoute, exchange: Exchange, currencies: Mapping[str, int]
+) -> LedgerRequest:
+    route = matched.route
+
+    def need(name: str) -> Any:
+        source = route.fields[name]
+        value = _value(source, exchange, matched.path_params)
+        if value is MISSING or value is None or value == "":
+            raise InvalidCommand(f"route {route.name!r}: {name} is missing at {source}")
+        return value
+
+    def text(name: str) -> str:
+        return str(need(name)).strip()
+
+    def currency() -> Currency:
+        code = text("currency")
+        if code not in currencies:
+            raise InvalidCommand(
+                f"route {route.name!r}: currency {code!r} is not in the mapping's [currencies]"
+            )
+        return Currency(code, currencies[code])
+
+    def key() -> str:
+        legacy = text("key")
+        return f"{route.operation.value}:{_SAFE_KEY.sub('_', legacy)}"[:128]
+
+    def metadata() -> dict[str, str]:
+        out: dict[str, str] = {"route": route.name}
+        if "reference" in route.fields:
+            value = _value(route.fields["reference"], exchange, matched.path_params)
+            if value is not MISSING and value is not None:
+                out["reference"] = str(value)[:1024]
+        return out
+
+    if route.operation is Operation.OPEN_ACCOUNT:
+        side = NormalSide(text("normal_side")) if "normal_side" in route.fields else None
+        limit = (
+            _minor(route, "overdraft_limit", need, currency())
+            if "overdraft_limit" in route.fields
+            else 0
+        )
+        return OpenAccount(Account(text("account"), currency(), side or NormalSide.CREDIT, limit))
+    if route.operation is Operation.TRANSFER:
+        money = currency()
+        amount = _minor(route, "amount", need, money)
+        if amount <= 0:
+            raise InvalidCommand(f"route {route.name!r}: amount must be positive, got {amount}")
+        return Transfer.between(
+            key(),
+            debit=text("debit"),
+            credit=text("credit"),
+            amount_minor=amount,
+            currency=money.code,
+            metadata=metadata(),
+        )
+    if route.operation is Operation.REVERSAL:
+        target = f"{Operation.TRANSFER.value}:{_SAFE_KEY.sub('_', text('reverses'))}"[:128]
+        return Reversal(key(), target, metadata())
+    return BalanceRead(text("account"), currency().code)
+
+
+def _value(source: Any, exchange: Exchange, path_params: Mapping[str, str] | None) -> Any:
+    return extract(
+        source,
+        request=exchange.request,
+        answer=exchange.answer,
+        path_params=path_params,
+        query=exchange.query,
+        headers=exchange.headers,
+    )
+
+
+def _minor(route: Route, name: str, need: Any, currency: Currency) -> int:
+    value = need(name)
+    try:
+        exact = legacy_decimal(value, route.amount_format, currency.exponent)
+    except InvalidAmount as exc:
+        raise InvalidCommand(f"route {route.name!r}: {name}: {exc.message}") from None
+    minor = exact.scaleb(currency.exponent)
+    if minor != minor.to_integral_value():
+        raise InvalidCommand(
+            f"route {route.name!r}: {name} {value!r} has more than {currency.exponent} "
+            f"decimal places for {currency.code}"
+        )
+    return int(minor)
