@@ -32,8 +32,15 @@ from dataclasses import dataclass
 
 from sidecar.domain.chain import GENESIS, link
 from sidecar.domain.ledger import BatchPlan, LedgerView, TransferRecord
+from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
 from sidecar.domain.replay import Fold, FoldError
-from sidecar.errors import AccountsTaken, KeysTaken, LedgerIntegrityError, PlanStale
+from sidecar.errors import (
+    AccountsTaken,
+    AppendOnlyViolation,
+    KeysTaken,
+    LedgerIntegrityError,
+    PlanStale,
+)
 from sidecar.ports import LogHead, StoredEvent
 
 _DECIDED = ("transfer_posted", "transfer_rejected")
@@ -253,3 +260,57 @@ class InMemoryLedgerStore:
         self._fold.accounts.update(scratch.accounts)
         self._fold.transfers.update(scratch.transfers)
         self._fold.last_seq = scratch.last_seq
+
+
+class InMemoryMirrorLog:
+    """The MirrorLog port in memory: the same rules as ``db.mirror_store``, in a list."""
+
+    def __init__(self) -> None:
+        self._events: list[MirrorEvent] = []
+        self._index: dict[tuple[str, RecordKind], int] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
+        seqs: list[int] = []
+        for record in records:
+            known = self._index.get((record.request_id, record.kind))
+            if known is None:
+                known = len(self._events) + 1
+                self._events.append(MirrorEvent(known, record))
+                self._index[(record.request_id, record.kind)] = known
+            seqs.append(known)
+        return seqs
+
+    async def read(
+        self, after_seq: int = 0, limit: int = 1000, partition: int | None = None
+    ) -> list[MirrorEvent]:
+        out: list[MirrorEvent] = []
+        for event in self._events[max(after_seq, 0) :]:
+            if partition is None or event.record.partition == partition:
+                out.append(event)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def head(self) -> int:
+        return len(self._events)
+
+    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]:
+        return [
+            e
+            for e in self._events[: max(up_to_seq, 0)]
+            if e.record.kind is RecordKind.INTENT
+            and (e.record.request_id, RecordKind.OUTCOME) not in self._index
+        ]
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        return self._offsets.get((consumer, partition), 0)
+
+    async def commit_offset(self, consumer: str, partition: int, seq: int) -> None:
+        current = self._offsets.get((consumer, partition), 0)
+        if seq < current:
+            raise AppendOnlyViolation(
+                f"offset of {consumer} on partition {partition} only moves forward "
+                f"({current} -> {seq})"
+            )
+        self._offsets[(consumer, partition)] = seq

@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.domain.ledger import BatchPlan, LedgerView
+from sidecar.domain.mirror import MirrorEvent, MirrorRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,28 @@ class LedgerStore(Protocol):
     async def head(self) -> LogHead: ...
 
     def events(self, after_seq: int = 0, chunk: int = 5000) -> AsyncIterator[StoredEvent]: ...
+
+
+class MirrorLog(Protocol):
+    """The mirror stream: a gap-free, append-only sequence of captured records.
+
+    ``append`` writes a group of records in one commit and returns each one's seq, in order;
+    a record whose request id and kind are already stored keeps its seq and is not added
+    again. ``read`` returns events after a seq in seq order (one partition's, if asked).
+    ``in_doubt`` lists intents at or before a seq that have no outcome. A consumer's offset
+    per partition starts at 0 and only moves forward (``AppendOnlyViolation`` otherwise).
+    """
+
+    async def append(self, records: Sequence[MirrorRecord]) -> list[int]: ...
+
+    async def read(
+        self, after_seq: int = 0, limit: int = 1000, partition: int | None = None
+    ) -> list[MirrorEvent]: ...
+
+    async def head(self) -> int: ...
+
+    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]: ...
+
+    async def offset(self, consumer: str, partition: int) -> int: ...
+
+    async def commit_offset(self, consumer: str, partition: int, seq: int) -> None: ...

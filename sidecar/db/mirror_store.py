@@ -1,0 +1,124 @@
+"""PostgreSQL adapter of the MirrorLog port (migrations/0002_mirror.sql).
+
+An append is one statement, ``SELECT append_mirror(...)``, in autocommit: one round trip and
+one commit for a whole group of records, however many requests they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from sidecar.db.connect import translate
+from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
+
+APPEND = (
+    "SELECT append_mirror($1::integer[], $2::text[], $3::text[], $4::text[], $5::jsonb[], "
+    "$6::text[])"
+)
+READ = """
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+FROM mirror_events WHERE seq > $1 ORDER BY seq LIMIT $2
+"""
+READ_PARTITION = """
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+FROM mirror_events WHERE partition = $3 AND seq > $1 ORDER BY seq LIMIT $2
+"""
+HEAD = "SELECT seq FROM mirror_head"
+IN_DOUBT = """
+SELECT i.seq, i.partition, i.kind, i.request_id, i.route, i.content::text AS content, i.trace_id
+FROM mirror_events i
+WHERE i.kind = 'intent' AND i.seq <= $1
+  AND NOT EXISTS (SELECT 1 FROM mirror_events o
+                  WHERE o.request_id = i.request_id AND o.kind = 'outcome')
+ORDER BY i.seq
+"""
+OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
+COMMIT_OFFSET = """
+INSERT INTO mirror_offsets (consumer, partition, seq) VALUES ($1, $2, $3)
+ON CONFLICT (consumer, partition) DO UPDATE SET seq = EXCLUDED.seq
+"""
+
+
+def event_from_row(row: Any) -> MirrorEvent:
+    return MirrorEvent(
+        row["seq"],
+        MirrorRecord(
+            partition=row["partition"],
+            kind=RecordKind(row["kind"]),
+            request_id=row["request_id"],
+            content=orjson.loads(row["content"]),
+            route=row["route"],
+            trace_id=row["trace_id"],
+        ),
+    )
+
+
+class PostgresMirrorLog:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
+        if not records:
+            return []
+        try:
+            async with self._pool.acquire() as conn:
+                seqs: list[int] = await conn.fetchval(
+                    APPEND,
+                    [r.partition for r in records],
+                    [r.kind.value for r in records],
+                    [r.request_id for r in records],
+                    [r.route for r in records],
+                    [orjson.dumps(r.content).decode() for r in records],
+                    [r.trace_id for r in records],
+                )
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return list(seqs)
+
+    async def read(
+        self, after_seq: int = 0, limit: int = 1000, partition: int | None = None
+    ) -> list[MirrorEvent]:
+        try:
+            async with self._pool.acquire() as conn:
+                if partition is None:
+                    rows = await conn.fetch(READ, after_seq, limit)
+                else:
+                    rows = await conn.fetch(READ_PARTITION, after_seq, limit, partition)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return [event_from_row(r) for r in rows]
+
+    async def head(self) -> int:
+        try:
+            async with self._pool.acquire() as conn:
+                seq: int = await conn.fetchval(HEAD)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return seq
+
+    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]:
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(IN_DOUBT, up_to_seq)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return [event_from_row(r) for r in rows]
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        try:
+            async with self._pool.acquire() as conn:
+                seq: int | None = await conn.fetchval(OFFSET, consumer, partition)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return seq or 0
+
+    async def commit_offset(self, consumer: str, partition: int, seq: int) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(COMMIT_OFFSET, consumer, partition, seq)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc

@@ -1,0 +1,45 @@
+"""The mirror stream's records: what capture writes and the applier reads.
+
+A record is one half of a mirrored exchange: the request (``intent``, written before the
+request is forwarded) or the legacy answer (``outcome``, written after). Both carry the
+request's id and its partition, so a consumer can keep per-account order and find intents
+that never got an outcome (in doubt). No I/O here; the stream itself is the ``MirrorLog`` port.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RecordKind(StrEnum):
+    INTENT = "intent"
+    OUTCOME = "outcome"
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRecord:
+    partition: int
+    kind: RecordKind
+    request_id: str
+    content: Mapping[str, Any] = field(default_factory=dict)
+    route: str | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorEvent:
+    """A record as stored, with its place in the stream."""
+
+    seq: int
+    record: MirrorRecord
+
+
+def partition_of(partition_key: str, partitions: int) -> int:
+    """The partition of an account (or other key): stable across processes and restarts."""
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
+    return zlib.crc32(partition_key.encode()) % partitions
