@@ -76,9 +76,22 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class CaptureSettings:
+    #: "durable": the customer's answer waits (at most wait_ms_max) until the record is
+    #: committed; "async": it never waits, and a crash can lose what was not yet written
+    mode: str = "durable"
+    wait_ms_max: float = 50.0
+    queue_records_max: int = 10_000
+    batch_records_max: int = 500
+    batch_linger_ms: float = 1.0
+    append_attempts_max: int = 3
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     log_level: str = "INFO"
 
 
@@ -95,6 +108,12 @@ def _positive_float(key: str, value: object, *, maximum: float = 3600.0) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= maximum:
         raise ConfigError(f"{key}: must be a number above 0 and at most {maximum}, got {value!r}")
     return float(value)
+
+
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
 
 
 def _schema(key: str, value: object) -> str:
@@ -137,6 +156,14 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "stale_retries_max": lambda k, v: _positive_int(k, v, maximum=1000),
         "account_cache_max": _positive_int,
     },
+    "capture": {
+        "mode": lambda k, v: _choice(k, v, ("durable", "async")),
+        "wait_ms_max": lambda k, v: _positive_float(k, v, maximum=10_000.0),
+        "queue_records_max": _positive_int,
+        "batch_records_max": lambda k, v: _positive_int(k, v, maximum=10_000),
+        "batch_linger_ms": lambda k, v: _positive_float(k, v, maximum=1000.0),
+        "append_attempts_max": lambda k, v: _positive_int(k, v, maximum=100),
+    },
 }
 
 
@@ -156,7 +183,7 @@ def _section(cls: type[T], name: str, raw: object) -> T:
 def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from a parsed config document (tests pass a dict) and the environment."""
     environ = environ or {}
-    unknown = set(data) - {"database", "ledger", "log_level"}
+    unknown = set(data) - {"database", "ledger", "capture", "log_level"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section or setting")
     database_raw = dict(data.get("database", {}))
@@ -169,8 +196,9 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             f"({database.pool_connections_min} > {database.pool_connections_max})"
         )
     ledger = _section(LedgerSettings, "ledger", data.get("ledger", {}))
+    capture = _section(CaptureSettings, "capture", data.get("capture", {}))
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
-    return Settings(database=database, ledger=ledger, log_level=log_level)
+    return Settings(database=database, ledger=ledger, capture=capture, log_level=log_level)
 
 
 def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:

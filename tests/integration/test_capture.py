@@ -1,0 +1,127 @@
+"""Capture on the customer path: committed before the answer when durable, bounded always,
+never raising, never dropping without counting; many records per commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+import asyncpg
+from sidecar.capture import Capture
+from sidecar.config import CaptureSettings
+from sidecar.db.mirror_store import PostgresMirrorLog
+from sidecar.domain.mirror import MirrorRecord, RecordKind
+from sidecar.errors import LedgerUnavailable
+from sidecar.memory import InMemoryMirrorLog
+
+SETTINGS = CaptureSettings(wait_ms_max=200.0)
+
+
+def intent(i: int) -> MirrorRecord:
+    return MirrorRecord(i % 4, RecordKind.INTENT, f"req-{i}", {"n": i})
+
+
+class FailingLog(InMemoryMirrorLog):
+    """Our own port's fake: the store is down."""
+
+    async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
+        raise LedgerUnavailable("database connection failed: stopped for the test")
+
+
+class SlowLog(InMemoryMirrorLog):
+    """Our own port's fake: each commit takes ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
+        await asyncio.sleep(self.delay_s)
+        return await super().append(records)
+
+
+async def test_a_durable_record_is_in_the_stream_when_record_returns(pool: asyncpg.Pool) -> None:
+    log = PostgresMirrorLog(pool)
+    capture = Capture(log, SETTINGS)
+    await capture.start()
+    try:
+        assert await capture.record(intent(1)) is True
+        events = await log.read()
+        assert [e.record.request_id for e in events] == ["req-1"]
+    finally:
+        await capture.stop()
+
+
+async def test_concurrent_records_share_commits_and_leave_no_gap(pool: asyncpg.Pool) -> None:
+    log = PostgresMirrorLog(pool)
+    capture = Capture(log, SETTINGS)
+    await capture.start()
+    try:
+        results = await asyncio.gather(*(capture.record(intent(i)) for i in range(300)))
+    finally:
+        await capture.stop()
+    assert all(results)
+    assert capture.stats.committed == 300
+    assert capture.stats.appends < 300 / 10  # group commit, not one commit per record
+    assert [e.seq for e in await log.read(limit=1000)] == list(range(1, 301))
+
+
+async def test_a_store_that_is_down_costs_the_customer_a_bounded_wait_and_is_counted() -> None:
+    capture = Capture(FailingLog(), SETTINGS)
+    await capture.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(capture.record(intent(i)) for i in range(20))), 5.0
+        )
+    finally:
+        await capture.stop()
+    assert results == [False] * 20
+    assert sum(capture.stats.dropped.values()) == 20
+    assert set(capture.stats.dropped) <= {"store_error", "timeout"}
+
+
+async def test_a_slow_store_releases_the_answer_and_still_writes_what_it_took() -> None:
+    log = SlowLog(delay_s=0.5)
+    capture = Capture(log, replace(SETTINGS, wait_ms_max=20.0))
+    await capture.start()
+    try:
+        assert await asyncio.wait_for(capture.record(intent(1)), 5.0) is False
+    finally:
+        await capture.stop()
+    # taken into a group before the caller gave up: written late, not lost
+    assert capture.stats.late + capture.stats.dropped["timeout"] == 1
+    assert len(await log.read()) == capture.stats.late
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_holding_the_customer() -> None:
+    log = SlowLog(delay_s=0.2)
+    capture = Capture(log, replace(SETTINGS, queue_records_max=5, mode="async"))
+    await capture.start()
+    try:
+        results = [await capture.record(intent(i)) for i in range(50)]
+    finally:
+        await capture.stop()
+    assert results.count(False) == capture.stats.dropped["queue_full"] > 0
+    assert capture.stats.committed + sum(capture.stats.dropped.values()) == 50
+
+
+async def test_async_capture_never_waits_and_the_record_arrives() -> None:
+    log = InMemoryMirrorLog()
+    capture = Capture(log, replace(SETTINGS, mode="async"))
+    await capture.start()
+    try:
+        assert await capture.record(intent(7)) is True
+        for _ in range(200):  # poll with a deadline, no fixed sleep
+            if await log.head() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await log.head() == 1
+    finally:
+        await capture.stop()
+
+
+async def test_records_after_stop_are_counted_not_lost_silently() -> None:
+    capture = Capture(InMemoryMirrorLog(), SETTINGS)
+    assert await capture.record(intent(1)) is False
+    assert capture.stats.dropped["stopped"] == 1
