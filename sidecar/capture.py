@@ -57,6 +57,10 @@ class Capture:
         self.stats = CaptureStats()
 
     @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
     def durable(self) -> bool:
         return self._settings.mode == "durable"
 

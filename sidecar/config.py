@@ -88,10 +88,28 @@ class CaptureSettings:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    #: where the legacy ledger service answers
+    legacy_url: str = "http://127.0.0.1:8081"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: "legacy": pass-through only; "shadow": pass-through, mirrored into the new ledger
+    mode: str = "legacy"
+    #: the legacy-route mapping file (needed in shadow mode)
+    mapping: str | None = None
+    body_bytes_max: int = 1_048_576
+    legacy_timeout_s: float = 10.0
+    legacy_connections_max: int = 100
+    #: partitions of the mirror stream (per-account order is kept within one)
+    partitions: int = 8
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     log_level: str = "INFO"
 
 
@@ -114,6 +132,20 @@ def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
     return str(value)
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _http_url(key: str, value: object) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigError(f"{key}: must be an http:// or https:// URL, got {value!r}")
+    if not urlsplit(value).netloc:
+        raise ConfigError(f"{key}: has no host, got {value!r}")
+    return value.rstrip("/")
 
 
 def _schema(key: str, value: object) -> str:
@@ -156,6 +188,17 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "stale_retries_max": lambda k, v: _positive_int(k, v, maximum=1000),
         "account_cache_max": _positive_int,
     },
+    "proxy": {
+        "legacy_url": lambda k, v: _http_url(k, v),
+        "host": lambda k, v: _text(k, v),
+        "port": lambda k, v: _positive_int(k, v, maximum=65535),
+        "mode": lambda k, v: _choice(k, v, ("legacy", "shadow")),
+        "mapping": lambda k, v: _text(k, v),
+        "body_bytes_max": lambda k, v: _positive_int(k, v, maximum=64 * 1024 * 1024),
+        "legacy_timeout_s": lambda k, v: _positive_float(k, v, maximum=600.0),
+        "legacy_connections_max": lambda k, v: _positive_int(k, v, maximum=10_000),
+        "partitions": lambda k, v: _positive_int(k, v, maximum=1024),
+    },
     "capture": {
         "mode": lambda k, v: _choice(k, v, ("durable", "async")),
         "wait_ms_max": lambda k, v: _positive_float(k, v, maximum=10_000.0),
@@ -183,7 +226,7 @@ def _section(cls: type[T], name: str, raw: object) -> T:
 def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from a parsed config document (tests pass a dict) and the environment."""
     environ = environ or {}
-    unknown = set(data) - {"database", "ledger", "capture", "log_level"}
+    unknown = set(data) - {"database", "ledger", "capture", "proxy", "log_level"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section or setting")
     database_raw = dict(data.get("database", {}))
@@ -197,8 +240,16 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         )
     ledger = _section(LedgerSettings, "ledger", data.get("ledger", {}))
     capture = _section(CaptureSettings, "capture", data.get("capture", {}))
+    proxy_raw = dict(data.get("proxy", {}))
+    if environ.get("LEGACY_URL"):
+        proxy_raw["legacy_url"] = environ["LEGACY_URL"]
+    proxy = _section(ProxySettings, "proxy", proxy_raw)
+    if proxy.mode == "shadow" and proxy.mapping is None:
+        raise ConfigError("proxy.mapping: shadow mode needs a mapping file")
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
-    return Settings(database=database, ledger=ledger, capture=capture, log_level=log_level)
+    return Settings(
+        database=database, ledger=ledger, capture=capture, proxy=proxy, log_level=log_level
+    )
 
 
 def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:

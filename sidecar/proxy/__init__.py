@@ -1,0 +1,1 @@
+"""The customer path: the HTTP proxy in front of the legacy service."""

@@ -1,0 +1,242 @@
+"""The customer path: an HTTP proxy in front of the legacy service, mirroring mapped requests.
+
+Every request goes to the legacy service and its answer comes back unchanged. In ``shadow``
+mode a request on a mapped route is also captured: its intent before it is forwarded and its
+outcome after, both in the mirror stream, so the applier can replay it into the new ledger.
+
+Guarantees (tests/integration/test_proxy.py):
+- The client gets the legacy service's status, end-to-end headers and body bytes unchanged,
+  for every route, mapped or not, errors included; hop-by-hop headers (RFC 9110 §7.6.1: those
+  of ``Connection`` and the ones it names) are not passed on in either direction.
+- The customer path never fails because of the shadow path: capture is bounded and never
+  raises (``sidecar.capture``); a request body over ``body_bytes_max`` is a JSON 413, an
+  unreachable legacy service a JSON 502, a slow one a JSON 504, each with a stable ``code``.
+- Unmapped routes pass through untouched, are never captured, and are counted.
+- ``/_sidecar/health`` answers while the process runs; ``/_sidecar/ready`` only once capture
+  (in shadow mode) is running.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.capture import Capture
+from sidecar.config import ProxySettings
+from sidecar.domain.mapping import MISSING, MatchedRoute, RouteTable, extract
+from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
+
+#: RFC 9110 §7.6.1 and RFC 9112: meaningful for one connection only
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: recomputed by the HTTP library for the body it sends
+FRAMING = frozenset({"content-length", "host"})
+SIDECAR_PREFIX = "/_sidecar/"
+PARTITION_FIELDS = ("debit", "account", "reverses", "key")
+
+
+@dataclass
+class ProxyStats:
+    requests: int = 0
+    mapped: int = 0
+    unmapped: int = 0
+    legacy_errors: Counter[str] = field(default_factory=Counter)
+
+
+PROXY_STATS = web.AppKey("proxy_stats", ProxyStats)
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    """The headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower in FRAMING:
+            continue
+        out.add(name, value)
+    return out
+
+
+def problem(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+def _body_for_stream(body: bytes) -> dict[str, Any]:
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body_base64": base64.b64encode(body).decode("ascii")}
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else MISSING
+    except orjson.JSONDecodeError:
+        return MISSING
+
+
+def _partition_key(matched: MatchedRoute, request_json: Any, headers: Mapping[str, str]) -> str:
+    for name in PARTITION_FIELDS:
+        source = matched.route.fields.get(name)
+        if source is None:
+            continue
+        value = extract(
+            source, request=request_json, path_params=matched.path_params, headers=headers
+        )
+        if value is not MISSING and value is not None:
+            return str(value)
+    return matched.route.name
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        session: aiohttp.ClientSession,
+        routes: RouteTable | None = None,
+        capture: Capture | None = None,
+    ) -> None:
+        if settings.mode == "shadow" and (routes is None or capture is None):
+            raise ValueError("shadow mode needs a route table and a capture")
+        self.settings = settings
+        self.session = session
+        self.routes = routes
+        self.capture = capture
+        self.stats = ProxyStats()
+        self.timeout = aiohttp.ClientTimeout(total=settings.legacy_timeout_s)
+
+    def app(self) -> web.Application:
+        application = web.Application(client_max_size=self.settings.body_bytes_max)
+        application[PROXY_STATS] = self.stats
+        application.router.add_get(SIDECAR_PREFIX + "health", self.health)
+        application.router.add_get(SIDECAR_PREFIX + "ready", self.ready)
+        application.router.add_route("*", "/{tail:.*}", self.forward)
+        return application
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "mode": self.settings.mode})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        capturing = self.capture is None or self.capture.running
+        body = {"ready": capturing, "mode": self.settings.mode}
+        return web.json_response(body, status=200 if capturing else 503)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        self.stats.requests += 1
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return problem(
+                413,
+                "request_too_large",
+                f"request bodies are limited to {self.settings.body_bytes_max} bytes",
+            )
+        matched = None
+        if self.settings.mode == "shadow" and self.routes is not None:
+            matched = self.routes.match(request.method, request.path)
+            if matched is None:
+                self.stats.unmapped += 1
+            else:
+                self.stats.mapped += 1
+        else:
+            self.stats.unmapped += 1
+
+        request_id = uuid.uuid4().hex
+        partition = 0
+        if matched is not None and self.capture is not None:
+            request_json = _json(body)
+            partition = partition_of(
+                _partition_key(matched, request_json, request.headers), self.settings.partitions
+            )
+            await self.capture.record(
+                MirrorRecord(
+                    partition,
+                    RecordKind.INTENT,
+                    request_id,
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "query": dict(request.query),
+                        "headers": dict(end_to_end(request.headers)),
+                        **_body_for_stream(body),
+                    },
+                    route=matched.route.name,
+                )
+            )
+
+        url = self.settings.legacy_url + request.rel_url.raw_path_qs
+        try:
+            async with self.session.request(
+                request.method,
+                url,
+                headers=end_to_end(request.headers),
+                data=body if body else None,
+                allow_redirects=False,
+                timeout=self.timeout,
+            ) as upstream:
+                answer = await upstream.read()
+                status, headers = upstream.status, end_to_end(upstream.headers)
+        except TimeoutError:
+            self.stats.legacy_errors["timeout"] += 1
+            outcome: dict[str, Any] = {"error": "legacy_timeout"}
+            response = problem(504, "legacy_timeout", "the legacy service did not answer in time")
+        except aiohttp.ClientError as exc:
+            self.stats.legacy_errors["unreachable"] += 1
+            outcome = {"error": "legacy_unreachable"}
+            response = problem(
+                502, "legacy_unreachable", f"the legacy service cannot be reached: {exc}"
+            )
+        else:
+            outcome = {"status": status, "headers": dict(headers), **_body_for_stream(answer)}
+            response = web.Response(status=status, headers=headers, body=answer)
+
+        if matched is not None and self.capture is not None:
+            await self.capture.record(
+                MirrorRecord(
+                    partition, RecordKind.OUTCOME, request_id, outcome, route=matched.route.name
+                )
+            )
+        return response
+
+
+async def serve(proxy: Proxy, host: str, port: int) -> web.AppRunner:
+    """Start serving ``proxy`` (keep-alive on); the caller owns the returned runner."""
+    runner = web.AppRunner(proxy.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def legacy_session(settings: ProxySettings) -> aiohttp.ClientSession:
+    """A keep-alive connection pool towards the legacy service."""
+    connector = aiohttp.TCPConnector(limit=settings.legacy_connections_max, keepalive_timeout=30)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+
+__all__ = ["Proxy", "ProxyStats", "end_to_end", "legacy_session", "serve"]
