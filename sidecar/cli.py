@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -126,6 +127,36 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return await run_demo(demo_settings, seconds=args.seconds, customers=args.customers)
 
 
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.app import Sidecar
+
+    proxy = settings.proxy
+    if args.port is not None:
+        proxy = replace(proxy, port=args.port)
+    if args.mode is not None:
+        proxy = replace(proxy, mode=args.mode)
+    if args.mapping is not None:
+        proxy = replace(proxy, mapping=args.mapping)
+    if proxy.mode == "shadow" and proxy.mapping is None:
+        raise ConfigError("proxy.mapping: shadow mode needs a mapping file (--mapping FILE)")
+    sidecar = Sidecar(replace(settings, proxy=proxy))
+    await sidecar.start()
+    print(
+        f"ledger-sidecar: {proxy.mode} mode on http://{proxy.host}:{sidecar.port} "
+        f"in front of {proxy.legacy_url}",
+        file=sys.stderr,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sidecar.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger-sidecar",
@@ -166,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_ledger_balance)
 
+    p = groups.add_parser("serve", help="run the sidecar: the proxy (and capture, in shadow mode)")
+    p.add_argument("--port", type=int, help="listen port (default: proxy.port)")
+    p.add_argument("--mode", choices=["legacy", "shadow"], help="default: proxy.mode")
+    p.add_argument("--mapping", help="legacy-route mapping file (default: proxy.mapping)")
+    p.set_defaults(handler=_serve)
+
     p = groups.add_parser("demo", help="a short self-checking ledger demo on a fresh schema")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--customers", type=int, default=200)
@@ -197,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    except ConfigError as exc:
+        print(f"ledger-sidecar: [{exc.code}] {exc.message}", file=sys.stderr)
+        return 2
     except SidecarError as exc:
         print(f"ledger-sidecar: [{exc.code}] {exc.message}", file=sys.stderr)
         return 1

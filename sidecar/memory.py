@@ -28,11 +28,13 @@ import json
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import orjson
 
 from sidecar.domain.chain import GENESIS, link
 from sidecar.domain.ledger import BatchPlan, LedgerView, TransferRecord
-from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
+from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
 from sidecar.domain.replay import Fold, FoldError
 from sidecar.errors import (
     AccountsTaken,
@@ -271,8 +273,10 @@ class InMemoryMirrorLog:
         self._offsets: dict[tuple[str, int], int] = {}
 
     async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
+        # stored as the database stores it: plain JSON, read back as such
+        stored = [replace(r, content=orjson.loads(content_json(r))) for r in records]
         seqs: list[int] = []
-        for record in records:
+        for record in stored:
             known = self._index.get((record.request_id, record.kind))
             if known is None:
                 known = len(self._events) + 1

@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from sidecar.db.connect import translate
-from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
+from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
 
 APPEND = (
     "SELECT append_mirror($1::integer[], $2::text[], $3::text[], $4::text[], $5::jsonb[], "
@@ -64,6 +64,7 @@ class PostgresMirrorLog:
     async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
         if not records:
             return []
+        contents = [content_json(r) for r in records]
         try:
             async with self._pool.acquire() as conn:
                 seqs: list[int] = await conn.fetchval(
@@ -72,7 +73,7 @@ class PostgresMirrorLog:
                     [r.kind.value for r in records],
                     [r.request_id for r in records],
                     [r.route for r in records],
-                    [orjson.dumps(r.content).decode() for r in records],
+                    contents,
                     [r.trace_id for r in records],
                 )
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from sidecar.errors import InvalidCommand
+
 
 class RecordKind(StrEnum):
     INTENT = "intent"
@@ -43,3 +47,13 @@ def partition_of(partition_key: str, partitions: int) -> int:
     if partitions < 1:
         raise ValueError("partitions must be at least 1")
     return zlib.crc32(partition_key.encode()) % partitions
+
+
+def content_json(record: MirrorRecord) -> str:
+    """A record's content as JSON text; ``InvalidCommand`` if it is not plain JSON."""
+    try:
+        return orjson.dumps(record.content).decode()
+    except TypeError as exc:
+        raise InvalidCommand(
+            f"mirror record {record.request_id}: content is not JSON: {exc}"
+        ) from None

@@ -83,6 +83,11 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict
     return out
 
 
+def header_pairs(headers: CIMultiDict[str]) -> list[list[str]]:
+    """Headers as [name, value] pairs: order and repeated names kept, plain JSON."""
+    return [[str(name), value] for name, value in headers.items()]
+
+
 def problem(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
@@ -183,7 +188,7 @@ class Proxy:
                         "method": request.method,
                         "path": request.path,
                         "query": dict(request.query),
-                        "headers": dict(end_to_end(request.headers)),
+                        "headers": header_pairs(end_to_end(request.headers)),
                         **_body_for_stream(body),
                     },
                     route=matched.route.name,
@@ -213,7 +218,11 @@ class Proxy:
                 502, "legacy_unreachable", f"the legacy service cannot be reached: {exc}"
             )
         else:
-            outcome = {"status": status, "headers": dict(headers), **_body_for_stream(answer)}
+            outcome = {
+                "status": status,
+                "headers": header_pairs(headers),
+                **_body_for_stream(answer),
+            }
             response = web.Response(status=status, headers=headers, body=answer)
 
         if matched is not None and self.capture is not None:

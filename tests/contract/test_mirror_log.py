@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from sidecar.db.mirror_store import PostgresMirrorLog
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
-from sidecar.errors import AppendOnlyViolation
+from sidecar.errors import AppendOnlyViolation, InvalidCommand
 from sidecar.memory import InMemoryMirrorLog
 from sidecar.ports import MirrorLog
 
@@ -109,3 +109,12 @@ async def test_the_stream_is_append_only_in_the_database(
     for statement in ("UPDATE mirror_events SET route = 'x'", "DELETE FROM mirror_events"):
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await conn.execute(statement)
+
+
+async def test_content_that_is_not_plain_json_is_refused_and_nothing_is_written(
+    log: MirrorLog,
+) -> None:
+    bad = MirrorRecord(0, RecordKind.INTENT, "x", {"when": object()})
+    with pytest.raises(InvalidCommand, match="not JSON"):
+        await log.append([intent("ok"), bad])
+    assert await log.head() == 0

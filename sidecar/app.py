@@ -1,0 +1,84 @@
+"""Composition root: build the sidecar from Settings, start it in numbered steps, stop it in
+reverse. The only place adapters are chosen and wired.
+
+Guarantees (tests/integration/test_app.py):
+- ``start`` either brings every part up or, failing at a step, stops the ones already started
+  and raises; ``stop`` drains capture before closing the pools it writes through.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from sidecar.capture import Capture
+from sidecar.config import Settings
+from sidecar.db.connect import create_pool
+from sidecar.db.migrate import migrate
+from sidecar.db.mirror_store import PostgresMirrorLog
+from sidecar.mapping_file import load_route_table
+from sidecar.proxy.app import Proxy, legacy_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sidecar:
+    settings: Settings
+    proxy: Proxy | None = None
+    runner: web.AppRunner | None = None
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    async def start(self) -> None:
+        settings = self.settings
+        stack = self._stack
+        try:
+            # 1. the route mapping (fails before anything is opened)
+            routes = None
+            if settings.proxy.mode == "shadow" and settings.proxy.mapping:
+                routes = load_route_table(settings.proxy.mapping)
+            # 2. database: migrations, a pool, and capture through the mirror stream
+            capture = None
+            if settings.proxy.mode == "shadow":
+                await migrate(settings.database)
+                pool = await create_pool(settings.database)
+                stack.push_async_callback(pool.close)
+                capture = Capture(PostgresMirrorLog(pool), settings.capture)
+                await capture.start()
+                stack.push_async_callback(capture.stop)
+            # 3. the keep-alive pool towards the legacy service
+            session: aiohttp.ClientSession = await legacy_session(settings.proxy)
+            stack.push_async_callback(session.close)
+            # 4. the proxy, listening
+            self.proxy = Proxy(settings.proxy, session, routes, capture)
+            self.runner = web.AppRunner(self.proxy.app(), access_log=None)
+            await self.runner.setup()
+            stack.push_async_callback(self.runner.cleanup)
+            await web.TCPSite(self.runner, settings.proxy.host, settings.proxy.port).start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        log.info(
+            "sidecar listening",
+            extra={
+                "event": "started",
+                "mode": settings.proxy.mode,
+                "port": settings.proxy.port,
+                "legacy_url": settings.proxy.legacy_url,
+            },
+        )
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self.runner is None or not self.runner.addresses:
+            raise RuntimeError("the sidecar is not listening")
+        address = self.runner.addresses[0]
+        return int(address[1])
