@@ -34,7 +34,13 @@ import orjson
 
 from sidecar.domain.chain import GENESIS, link
 from sidecar.domain.ledger import BatchPlan, LedgerView, TransferRecord
-from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
+from sidecar.domain.mirror import (
+    Checkpoint,
+    MirrorEvent,
+    MirrorRecord,
+    RecordKind,
+    content_json,
+)
 from sidecar.domain.replay import Fold, FoldError
 from sidecar.errors import (
     AccountsTaken,
@@ -107,6 +113,7 @@ class InMemoryLedgerStore:
 
     def __init__(self) -> None:
         self._fold = Fold()
+        self._offsets: dict[tuple[str, int], int] = {}
         self._events: list[StoredEvent] = []
         self._batches = 0
         self._opened_seq: dict[str, int] = {}
@@ -128,7 +135,7 @@ class InMemoryLedgerStore:
         accounts = {a: self._fold.accounts[a] for a in wanted if a in self._fold.accounts}
         return LedgerView(accounts=accounts, transfers=transfers)
 
-    async def commit(self, plan: BatchPlan) -> int:
+    async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
         if plan.is_empty:
             raise LedgerIntegrityError("a commit needs at least one event")
         stale = frozenset(
@@ -150,7 +157,13 @@ class InMemoryLedgerStore:
         self._check_balances(plan, scratch, names)
         # every check passed: from here on nothing can fail
         self._append(plan.events, names, scratch)
+        for c in checkpoints:
+            key = (c.consumer, c.partition)
+            self._offsets[key] = max(self._offsets.get(key, 0), c.seq)
         return first
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        return self._offsets.get((consumer, partition), 0)
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
         if at_seq is None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.domain.ledger import BatchPlan, LedgerView
-from sidecar.domain.mirror import MirrorEvent, MirrorRecord
+from sidecar.domain.mirror import Checkpoint, MirrorEvent, MirrorRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +38,13 @@ class LedgerStore(Protocol):
 
     async def load(self, account_ids: Collection[str], keys: Collection[str]) -> LedgerView: ...
 
-    async def commit(self, plan: BatchPlan) -> int:
-        """Returns the seq of the plan's first event."""
+    async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
+        """Returns the seq of the plan's first event. Each checkpoint's offset moves (forward
+        only) in the same transaction: a refused plan moves none."""
+        ...
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        """The consumer's committed offset on the partition (0 if none)."""
         ...
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:

@@ -41,6 +41,7 @@ from sidecar.domain.ledger import (
     keys_needed,
     plan_batch,
 )
+from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
 from sidecar.errors import (
     AccountsTaken,
@@ -70,6 +71,19 @@ class WriterStats:
 class _Pending:
     command: Command
     future: asyncio.Future[Result]
+    checkpoint: Checkpoint | None = None
+
+
+def checkpoints_of(batch: Sequence[_Pending]) -> list[Checkpoint]:
+    """The furthest checkpoint per consumer and partition among the batch's commands."""
+    furthest: dict[tuple[str, int], Checkpoint] = {}
+    for pending in batch:
+        c = pending.checkpoint
+        if c is not None:
+            key = (c.consumer, c.partition)
+            if key not in furthest or furthest[key].seq < c.seq:
+                furthest[key] = c
+    return list(furthest.values())
 
 
 class _AccountCache:
@@ -220,12 +234,14 @@ class PostingWriter:
             self._deliver_error([pending], closed)
             self._queue.task_done()
 
-    def submit(self, command: Command) -> asyncio.Future[Result]:
+    def submit(
+        self, command: Command, checkpoint: Checkpoint | None = None
+    ) -> asyncio.Future[Result]:
         if self._closing or self._task is None:
             raise LedgerClosed("the posting writer is not running")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(command, future))
+            self._queue.put_nowait(_Pending(command, future, checkpoint))
         except asyncio.QueueFull:
             raise LedgerBusy(
                 f"posting queue {self.name} is full ({self._settings.queue_commands_max})"
@@ -308,7 +324,7 @@ class PostingWriter:
         commands = [p.command for p in batch]
         try:
             try:
-                first_seq = await self._store.commit(plan)
+                first_seq = await self._store.commit(plan, checkpoints_of(batch))
             except (PlanStale, KeysTaken, AccountsTaken) as exc:
                 # refused, nothing written: forget what the plan assumed and decide again, after
                 # every batch launched before this one, so that none is overtaken
@@ -377,7 +393,7 @@ class PostingWriter:
                 if plan.is_empty:
                     results = plan.results
                 else:
-                    first_seq = await self._store.commit(plan)
+                    first_seq = await self._store.commit(plan, checkpoints_of(batch))
                     results = plan.with_first_seq(first_seq)
                     self._remember(plan, commands)
             except PlanStale as exc:
@@ -510,9 +526,9 @@ class Ledger:
             return self.writers[0]
         return self.writers[zlib.crc32(route_key(command).encode()) % len(self.writers)]
 
-    async def submit(self, command: Command) -> Result:
+    async def submit(self, command: Command, checkpoint: Checkpoint | None = None) -> Result:
         """Post one command and wait for its result; errors are raised, outcomes returned."""
-        return await self._writer(command).submit(command)
+        return await self._writer(command).submit(command, checkpoint)
 
     async def open_account(self, account: Account) -> AccountOutcome:
         result = await self.submit(OpenAccount(account))

@@ -7,7 +7,7 @@ transaction, one fsync for the whole batch. Everything it guarantees is kept ins
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from sidecar.domain.ledger import (
     NormalSide,
     TransferRecord,
 )
+from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.money import Currency
 from sidecar.domain.outcome import PostedLeg, Rejection, TransferStatus
 from sidecar.ports import LogHead, StoredEvent
@@ -56,6 +57,11 @@ FROM accounts WHERE id = ANY ($1::text[])
 """
 
 COMMIT = "SELECT post_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[])"
+COMMIT_AT = (
+    "SELECT post_batch_at($1::text[], $2::text[], $3::bigint[], $4::bigint[], "
+    "$5::text[], $6::integer[], $7::bigint[])"
+)
+OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
 
 BALANCE_NOW = "SELECT balance_minor FROM accounts WHERE id = $1"
 
@@ -142,15 +148,38 @@ class PostgresLedgerStore:
             raise translate(exc) from exc
         return LedgerView(accounts=accounts, transfers=transfers)
 
-    async def commit(self, plan: BatchPlan) -> int:
-        ids = sorted(plan.balances)
+    async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
+        ids = list(plan.balances)
         before = [plan.balances[i].before_minor for i in ids]
         after = [plan.balances[i].after_minor for i in ids]
         try:
             async with self._pool.acquire() as conn:
-                return await post_batch(conn, list(plan.events), ids, before, after)
+                if not checkpoints:
+                    return await post_batch(conn, list(plan.events), ids, before, after)
+                try:
+                    first: int = await conn.fetchval(
+                        COMMIT_AT,
+                        list(plan.events),
+                        ids,
+                        before,
+                        after,
+                        [c.consumer for c in checkpoints],
+                        [c.partition for c in checkpoints],
+                        [c.seq for c in checkpoints],
+                    )
+                except asyncpg.PostgresError as exc:
+                    raise translate(exc) from exc
+                return first
         except (OSError, asyncpg.InterfaceError) as exc:
             raise translate(exc) from exc
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        try:
+            async with self._pool.acquire() as conn:
+                seq: int | None = await conn.fetchval(OFFSET, consumer, partition)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+        return seq or 0
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
         try:

@@ -42,6 +42,15 @@ class MirrorEvent:
     record: MirrorRecord
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A consumer has dealt with a partition's events up to and including ``seq``."""
+
+    consumer: str
+    partition: int
+    seq: int
+
+
 def partition_of(partition_key: str, partitions: int) -> int:
     """The partition of an account (or other key): stable across processes and restarts."""
     if partitions < 1:

@@ -29,6 +29,7 @@ from sidecar.domain.ledger import (
     keys_needed,
     plan_batch,
 )
+from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.money import Currency
 from sidecar.domain.outcome import PostedLeg, Rejection, TransferOutcome, TransferStatus
 from sidecar.errors import AccountsTaken, KeysTaken, LedgerIntegrityError, PlanStale
@@ -411,3 +412,35 @@ async def test_a_transfer_is_reversed_once(store: LedgerStore) -> None:
     view = await store.load([], ["t1", "r2"])
     assert set(view.transfers) == {"t1", "r1"}
     assert (await store.balance("alice"), await store.balance("bob")) == (1000, 0)
+
+
+# --- checkpoints: stream offsets committed with the batch ------------------------------------
+
+
+async def test_a_commit_moves_its_checkpoints_in_the_same_transaction(store: LedgerStore) -> None:
+    await bank(store)
+    assert await store.offset("applier", 3) == 0
+    plan_ = await plan(store, pay("t-ck", "alice", "bob", 100))
+    await store.commit(
+        plan_,
+        [Checkpoint("applier", 3, 41), Checkpoint("applier", 3, 40), Checkpoint("applier", 5, 7)],
+    )
+    assert await store.offset("applier", 3) == 41
+    assert await store.offset("applier", 5) == 7
+    assert await store.offset("other", 3) == 0
+
+
+async def test_a_refused_plan_moves_no_checkpoint(store: LedgerStore) -> None:
+    await bank(store)
+    stale = await plan(store, pay("t-a", "alice", "bob", 100))
+    await store.commit(await plan(store, pay("t-b", "alice", "bob", 100)))
+    with pytest.raises(PlanStale):
+        await store.commit(stale, [Checkpoint("applier", 0, 9)])
+    assert await store.offset("applier", 0) == 0
+
+
+async def test_a_checkpoint_never_moves_an_offset_back(store: LedgerStore) -> None:
+    await bank(store)
+    await store.commit(await plan(store, pay("t-1", "alice", "bob", 1)), [Checkpoint("a", 0, 10)])
+    await store.commit(await plan(store, pay("t-2", "alice", "bob", 1)), [Checkpoint("a", 0, 4)])
+    assert await store.offset("a", 0) == 10

@@ -23,6 +23,7 @@ from sidecar.domain.ledger import (
     Reversal,
     Transfer,
 )
+from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.outcome import AccountOutcome, Rejection, TransferOutcome
 from sidecar.errors import AccountsTaken, KeysTaken, LedgerUnavailable, PlanStale
 from sidecar.posting import Ledger
@@ -44,13 +45,13 @@ class Overlap(PostgresLedgerStore):
         self.refused = 0
         self.refused_overlapping = 0  # refused while another commit of this store was running
 
-    async def commit(self, plan: BatchPlan) -> int:
+    async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
         others, mark = self.active, self.started
         self.active += 1
         self.started += 1
         self.most = max(self.most, self.active)
         try:
-            return await super().commit(plan)
+            return await super().commit(plan, checkpoints)
         except (PlanStale, KeysTaken, AccountsTaken):
             self.refused += 1
             self.refused_overlapping += bool(others or self.started > mark + 1)
@@ -252,11 +253,11 @@ class SlowCommit(PostgresLedgerStore):
         self.delay_s = delay_s
         self.delayed = False
 
-    async def commit(self, plan: BatchPlan) -> int:
+    async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
         if not self.delayed and any(self.marker in e for e in plan.events):
             self.delayed = True
             await asyncio.sleep(self.delay_s)
-        return await super().commit(plan)
+        return await super().commit(plan, checkpoints)
 
 
 async def test_a_batch_that_reaches_the_database_first_does_not_overtake_the_one_before(
@@ -290,3 +291,22 @@ async def test_stopping_mid_commit_still_answers_every_caller(
         await ledger.stop(timeout_s=0.2)
     with pytest.raises(LedgerUnavailable, match="outcome is unknown"):
         await asyncio.wait_for(slow, 1.0)
+
+
+async def test_checkpoints_ride_with_the_batches_that_commit_their_commands(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    store = PostgresLedgerStore(pool)
+    async with Ledger(store, tight(settings)) as ledger:
+        await open_bank(ledger, funds=1_000_000)
+        submitted = [
+            ledger.submit(pay(f"s{seq}", "c0", "c1", 1), Checkpoint("applier", seq % 3, seq))
+            for seq in range(1, 301)
+        ]
+        results = await asyncio.gather(*submitted)
+        assert all(isinstance(r, TransferOutcome) and r.posted for r in results)
+        assert [await store.offset("applier", p) for p in range(3)] == [300, 298, 299]
+        # a batch that writes nothing (a replay) has no commit to carry a checkpoint
+        again = await ledger.submit(pay("s1", "c0", "c1", 1), Checkpoint("applier", 1, 9_999))
+        assert isinstance(again, TransferOutcome) and again.replayed
+        assert await store.offset("applier", 1) == 298
