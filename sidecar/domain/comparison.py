@@ -18,9 +18,10 @@ Guarantees (tests/unit/test_comparison.py):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 from typing import Any
 
@@ -89,8 +90,18 @@ class Comparison:
         return frozenset(d.kind for d in self.differences)
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+#: wide enough that no amount a bigint can hold, at any exponent, is ever rounded
+EXACT = Context(prec=100)
+
+
 def legacy_decimal(value: Any, fmt: AmountFormat, exponent: int) -> Decimal:
     """The exact amount a legacy value means, in major units. Raises ``InvalidAmount``."""
+    with localcontext(EXACT):
+        return _legacy_decimal(value, fmt, exponent)
+
+
+def _legacy_decimal(value: Any, fmt: AmountFormat, exponent: int) -> Decimal:
     if isinstance(value, bool | float):
         raise InvalidAmount(
             f"{value!r}: money must not pass through a float (parse JSON numbers as Decimal)"
@@ -98,7 +109,7 @@ def legacy_decimal(value: Any, fmt: AmountFormat, exponent: int) -> Decimal:
     if fmt is AmountFormat.MINOR:
         if isinstance(value, int):
             return Decimal(value).scaleb(-exponent)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
             return Decimal(value.strip()).scaleb(-exponent)
         raise InvalidAmount(f"{value!r} is not an integer number of minor units")
     if isinstance(value, int | Decimal):
@@ -163,6 +174,8 @@ def compare(
         return _finish(differences)
 
     if legacy.status is not ledger.status:
+        # one side moved money and the other did not: that is the whole divergence (its
+        # money fields would only restate it, and count the amount twice)
         at_risk = max(moved(legacy, True), moved(ledger, False))
         differences.append(
             Difference(
@@ -174,6 +187,7 @@ def compare(
                 at_risk,
             )
         )
+        return _finish(differences)
     if legacy.currency and ledger.currency and legacy.currency != ledger.currency:
         differences.append(
             Difference(
@@ -219,20 +233,29 @@ def _money(
     kind = DivergenceKind.BALANCE if name == "balance" else DivergenceKind.AMOUNT
     if legacy is MISSING and ledger is MISSING:
         return None
-    if legacy is MISSING or ledger is MISSING:
-        present = ledger if legacy is MISSING else None
-        at_risk = abs(int(present)) if isinstance(present, int) else 0
-        return Difference(name, kind, legacy, ledger, currency, at_risk)
+    theirs_minor = ledger if isinstance(ledger, int) and not isinstance(ledger, bool) else None
     try:
-        mine = legacy_decimal(legacy, fmt, exponent)
+        mine = None if legacy is MISSING else legacy_decimal(legacy, fmt, exponent)
     except InvalidAmount:
-        return Difference(name, kind, legacy, ledger, currency, abs(int(ledger)))
-    theirs = ledger_decimal(int(ledger), exponent)
-    gap = abs(mine - theirs).scaleb(exponent)  # in minor units, maybe fractional
+        mine = None
+    if mine is None or theirs_minor is None:
+        # one side has no readable amount: what the other side says is at risk
+        if mine is not None:
+            at_risk = _minor_ceiling(abs(mine), exponent)
+        else:
+            at_risk = abs(theirs_minor) if theirs_minor is not None else 0
+        return Difference(name, kind, legacy, ledger, currency, at_risk)
+    with localcontext(EXACT):
+        gap = abs(mine - ledger_decimal(theirs_minor, exponent)).scaleb(exponent)
     if gap <= rule.tolerance_minor:
         return None
-    at_risk = int(gap.to_integral_value(rounding="ROUND_CEILING"))
-    return Difference(name, kind, legacy, ledger, currency, at_risk)
+    return Difference(name, kind, legacy, ledger, currency, _minor_ceiling(gap, 0))
+
+
+def _minor_ceiling(amount: Decimal, exponent: int) -> int:
+    """Whole minor units covering ``amount`` (rounded up: a fraction of a unit is at risk)."""
+    with localcontext(EXACT):
+        return int(amount.scaleb(exponent).to_integral_value(rounding="ROUND_CEILING"))
 
 
 def _finish(differences: list[Difference]) -> Comparison:

@@ -62,11 +62,13 @@ OPTIONAL: Final[dict[Operation, frozenset[str]]] = {
 }
 #: fields holding money: an ``ignore`` compare rule on them is refused
 MONEY_FIELDS: Final = frozenset({"amount", "balance", "overdraft_limit"})
+#: the widest tolerance a money field may have, in minor units
+TOLERANCE_MINOR_MAX: Final = 100
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_JSON_PATH = re.compile(r"^[A-Za-z0-9_-]+(\[\d+\])*(\.[A-Za-z0-9_-]+(\[\d+\])*)*$")
-_HOOK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_JSON_PATH = re.compile(r"[A-Za-z0-9_-]+(\[[0-9]+\])*(\.[A-Za-z0-9_-]+(\[[0-9]+\])*)*")
+_HOOK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -140,7 +142,7 @@ class Route:
 
     @property
     def literal_segments(self) -> int:
-        return sum(1 for s in self.segments if not _PARAM.match(s))
+        return sum(1 for s in self.segments if not _PARAM.fullmatch(s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class RouteTable:
                 continue
             params: dict[str, str] = {}
             for pattern, actual in zip(route.segments, segments, strict=True):
-                name = _PARAM.match(pattern)
+                name = _PARAM.fullmatch(pattern)
                 if name:
                     params[name.group(1)] = actual
                 elif pattern != actual:
@@ -241,9 +243,13 @@ def parse_route_table(raw: Mapping[str, Any], source: str) -> RouteTable:
         raise MappingError(source, "route", "at least one [[route]] table is needed")
     routes: list[Route] = []
     seen: dict[tuple[str, tuple[str, ...]], str] = {}
+    names: set[str] = set()
     for i, route_raw in enumerate(routes_raw):
         route = _route(route_raw, f"route[{i}]", source)
-        shape = (route.method, tuple("{}" if _PARAM.match(s) else s for s in route.segments))
+        if route.name in names:
+            raise MappingError(source, f"route[{i}].name", f"{route.name!r} names another route")
+        names.add(route.name)
+        shape = (route.method, tuple("{}" if _PARAM.fullmatch(s) else s for s in route.segments))
         if shape in seen:
             raise MappingError(
                 source,
@@ -267,7 +273,7 @@ def _currencies(raw: Any, source: str) -> dict[str, int]:
         raise MappingError(source, "currencies", "must be a table of CODE = exponent")
     out: dict[str, int] = {}
     for code, exponent in raw.items():
-        if not re.match(r"^[A-Z]{3}$", str(code)):
+        if not re.fullmatch(r"[A-Z]{3}", str(code)):
             raise MappingError(source, f"currencies.{code}", "a code is three capital letters")
         if not isinstance(exponent, int) or isinstance(exponent, bool) or not 0 <= exponent <= 18:
             raise MappingError(source, f"currencies.{code}", "the exponent is an integer 0..18")
@@ -328,7 +334,7 @@ def _route(raw: Any, where: str, source: str) -> Route:
         )
     compare = _compare(raw.get("compare", {}), f"{where}.compare", source)
     hook = raw.get("hook")
-    if hook is not None and (not isinstance(hook, str) or not _HOOK.match(hook)):
+    if hook is not None and (not isinstance(hook, str) or not _HOOK.fullmatch(hook)):
         raise MappingError(source, f"{where}.hook", "a dotted path: package.module:function")
     return Route(
         name, method, path, segments, operation, fields, amount_format, outcome, compare, hook
@@ -348,12 +354,12 @@ def _template(path: str, key: str, source: str) -> tuple[str, ...]:
         raise MappingError(source, key, "a path starts with / and has no empty segment or query")
     names: set[str] = set()
     for segment in segments:
-        param = _PARAM.match(segment)
+        param = _PARAM.fullmatch(segment)
         if param:
             if param.group(1) in names:
                 raise MappingError(source, key, f"parameter {{{param.group(1)}}} appears twice")
             names.add(param.group(1))
-        elif not _SEGMENT.match(segment):
+        elif not _SEGMENT.fullmatch(segment):
             raise MappingError(source, key, f"segment {segment!r} is neither literal nor {{name}}")
     return segments
 
@@ -368,7 +374,7 @@ def _source(raw: Any, key: str, segments: Sequence[str], source: str) -> FieldSo
         raise MappingError(
             source, key, f"origin {origin_text!r} is not one of {', '.join(o for o in Origin)}"
         ) from None
-    if origin in (Origin.REQUEST, Origin.ANSWER) and not _JSON_PATH.match(locator):
+    if origin in (Origin.REQUEST, Origin.ANSWER) and not _JSON_PATH.fullmatch(locator):
         raise MappingError(source, key, f"{locator!r} is not a path like data.items[0].amount")
     if origin is Origin.PATH and f"{{{locator}}}" not in segments:
         raise MappingError(source, key, f"the route's path has no {{{locator}}}")
@@ -424,8 +430,22 @@ def _compare(raw: Any, key: str, source: str) -> dict[str, CompareRule]:
         if isinstance(rule_raw, Mapping):
             _only(rule_raw, {"tolerance_minor"}, where, source)
             tolerance = rule_raw.get("tolerance_minor")
-            if not isinstance(tolerance, int) or isinstance(tolerance, bool) or tolerance < 0:
-                raise MappingError(source, f"{where}.tolerance_minor", "a whole number >= 0")
+            if (
+                not isinstance(tolerance, int)
+                or isinstance(tolerance, bool)
+                or not 0 <= tolerance <= TOLERANCE_MINOR_MAX
+            ):
+                raise MappingError(
+                    source,
+                    f"{where}.tolerance_minor",
+                    f"a whole number from 0 to {TOLERANCE_MINOR_MAX} (more is ignoring money)",
+                )
+            if name not in MONEY_FIELDS:
+                raise MappingError(
+                    source,
+                    where,
+                    f"a tolerance applies to money ({', '.join(sorted(MONEY_FIELDS))})",
+                )
             rule = CompareRule(CompareKind.TOLERANCE, tolerance)
         else:
             try:

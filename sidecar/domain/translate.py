@@ -16,12 +16,14 @@ Guarantees (tests/unit/test_translate.py):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import localcontext
 from typing import Any
 
-from sidecar.domain.comparison import SideStatus, legacy_decimal
+from sidecar.domain.comparison import EXACT, SideStatus, legacy_decimal
 from sidecar.domain.ledger import (
     Account,
     NormalSide,
@@ -33,7 +35,7 @@ from sidecar.domain.mapping import MISSING, MatchedRoute, Operation, Route, extr
 from sidecar.domain.money import Currency
 from sidecar.errors import InvalidAmount, InvalidCommand
 
-_SAFE_KEY = re.compile(r"[^\x21-\x7e]")
+_UNSAFE_KEY = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +110,7 @@ def to_ledger(
         return Currency(code, currencies[code])
 
     def key() -> str:
-        legacy = text("key")
-        return f"{route.operation.value}:{_SAFE_KEY.sub('_', legacy)}"[:128]
+        return ledger_key(route.operation.value, text("key"))
 
     def metadata() -> dict[str, str]:
         out: dict[str, str] = {"route": route.name}
@@ -141,9 +142,18 @@ def to_ledger(
             metadata=metadata(),
         )
     if route.operation is Operation.REVERSAL:
-        target = f"{Operation.TRANSFER.value}:{_SAFE_KEY.sub('_', text('reverses'))}"[:128]
+        target = ledger_key(Operation.TRANSFER.value, text("reverses"))
         return Reversal(key(), target, metadata())
     return BalanceRead(text("account"), currency().code)
+
+
+def ledger_key(operation: str, legacy_key: str) -> str:
+    """The ledger's idempotency key for a legacy one: ``operation:key`` when that is a valid
+    key, else ``operation:sha256:<digest>`` (never two legacy keys onto one ledger key)."""
+    plain = f"{operation}:{legacy_key}"
+    if len(plain) <= 128 and not _UNSAFE_KEY.search(plain):
+        return plain
+    return f"{operation}:sha256:{hashlib.sha256(legacy_key.encode()).hexdigest()}"
 
 
 def _value(source: Any, exchange: Exchange, path_params: Mapping[str, str] | None) -> Any:
@@ -163,8 +173,10 @@ def _minor(route: Route, name: str, need: Any, currency: Currency) -> int:
         exact = legacy_decimal(value, route.amount_format, currency.exponent)
     except InvalidAmount as exc:
         raise InvalidCommand(f"route {route.name!r}: {name}: {exc.message}") from None
-    minor = exact.scaleb(currency.exponent)
-    if minor != minor.to_integral_value():
+    with localcontext(EXACT):
+        minor = exact.scaleb(currency.exponent)
+        whole = minor == minor.to_integral_value()
+    if not whole:
         raise InvalidCommand(
             f"route {route.name!r}: {name} {value!r} has more than {currency.exponent} "
             f"decimal places for {currency.code}"

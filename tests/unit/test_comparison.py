@@ -147,10 +147,20 @@ def test_a_sub_unit_amount_is_a_divergence_rounded_up_at_risk() -> None:
     assert result.at_risk_minor == {"EUR": 1}
 
 
-@pytest.mark.parametrize("value", [10.5, True, "ten", "NaN", "Infinity", None])
+@pytest.mark.parametrize("value", [10.5, True, "ten", "NaN", "Infinity", None, "--5", "\u00b2"])
 def test_values_that_are_not_exact_money_are_refused(value: object) -> None:
-    with pytest.raises(InvalidAmount):
-        legacy_decimal(value, AmountFormat.DECIMAL, 2)
+    for fmt in AmountFormat:
+        with pytest.raises(InvalidAmount):
+            legacy_decimal(value, fmt, 2)
+
+
+def test_money_at_risk_is_counted_once_and_never_lost() -> None:
+    rejected = Side(SideStatus.REJECTED, "EUR", {"amount": "10.50"})
+    both = run(rejected, accepted("EUR", amount=1050))
+    assert both.kinds == {DivergenceKind.STATUS}
+    assert both.at_risk_minor == {"EUR": 1050}
+    no_ledger_amount = run(accepted("EUR", amount="10.50"), accepted("EUR"))
+    assert no_ledger_amount.at_risk_minor == {"EUR": 1050}
 
 
 def test_an_unreadable_legacy_amount_is_a_divergence_not_a_crash() -> None:

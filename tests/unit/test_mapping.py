@@ -130,6 +130,26 @@ def test_a_tolerance_rule_needs_a_whole_number_of_minor_units() -> None:
         parse_text(TRANSFER + "[route.compare]\namount = { tolerance_minor = -1 }\n")
 
 
+@pytest.mark.parametrize(
+    ("compare", "problem"),
+    [
+        ("amount = { tolerance_minor = 1000000000 }", "from 0 to 100"),
+        ("reference = { tolerance_minor = 1 }", "applies to money"),
+    ],
+)
+def test_a_tolerance_is_for_money_and_small(compare: str, problem: str) -> None:
+    with pytest.raises(MappingError, match=problem):
+        parse_text(TRANSFER + f"[route.compare]\n{compare}\n")
+
+
+def test_route_names_are_unique_and_codes_exact() -> None:
+    other = TRANSFER.replace("/payments", "/refunds")
+    with pytest.raises(MappingError, match="names another route"):
+        parse_text(TRANSFER + other)
+    with pytest.raises(MappingError, match="three capital letters"):
+        parse_text('[currencies]\n"USD\\n" = 2\n' + TRANSFER)
+
+
 def test_two_routes_for_one_method_and_path_are_refused() -> None:
     with pytest.raises(MappingError, match="already mapped by route 'pay'") as caught:
         parse_text(TRANSFER + TRANSFER.replace('name = "pay"', 'name = "again"'))

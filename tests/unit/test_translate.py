@@ -12,6 +12,7 @@ from sidecar.domain.mapping import RouteTable
 from sidecar.domain.translate import (
     BalanceRead,
     Exchange,
+    ledger_key,
     legacy_side,
     rejection_outcome,
     to_ledger,
@@ -51,7 +52,8 @@ def translate(table: RouteTable, exchange: Exchange) -> object:
 def test_a_payment_becomes_a_transfer_in_minor_units(table: RouteTable) -> None:
     command = translate(table, payment())
     assert isinstance(command, Transfer)
-    assert command.key == "transfer:k_1"  # namespaced; the space made safe
+    assert command.key == ledger_key("transfer", "k 1")  # a space: hashed, not mangled
+    assert command.key.startswith("transfer:sha256:")
     assert [(leg.account_id, leg.side.value, leg.amount_minor) for leg in command.legs] == [
         ("acc-1", "debit", 1050),
         ("acc-2", "credit", 1050),
@@ -124,7 +126,7 @@ def test_other_routes_become_their_commands(table: RouteTable) -> None:
         ),
     )
     assert isinstance(refund, Reversal)
-    assert (refund.key, refund.reverses) == ("reversal:r-1", "transfer:k_1")
+    assert (refund.key, refund.reverses) == ("reversal:r-1", ledger_key("transfer", "k 1"))
     read = translate(
         table,
         Exchange(
@@ -146,3 +148,14 @@ def test_the_legacy_answer_is_accepted_rejected_or_an_error(table: RouteTable) -
     assert rejection_outcome(route, "SOMETHING_ELSE") is None
     assert legacy_side(route, Exchange("POST", "/", status=503))[0] is SideStatus.ERROR
     assert legacy_side(route, Exchange("POST", "/", status=None))[0] is SideStatus.ERROR
+
+
+def test_distinct_legacy_keys_never_share_a_ledger_key() -> None:
+    keys = ["pay-1", "pay-\u00e9", "pay-\u00e8", "x" * 200 + "a", "x" * 200 + "b", "a b", "a_b"]
+    assert len({ledger_key("transfer", k) for k in keys}) == len(keys)
+    assert ledger_key("transfer", "pay-1") == "transfer:pay-1"  # readable when it can be
+
+
+def test_amounts_with_more_digits_than_a_decimal_holds_are_not_rounded(table: RouteTable) -> None:
+    with pytest.raises(InvalidCommand, match="more than 2 decimal places"):
+        translate(table, payment("10.50000000000000000000000000001"))
