@@ -55,7 +55,7 @@ class Sidecar:
             stack.push_async_callback(session.close)
             # 4. the proxy, listening
             self.proxy = Proxy(settings.proxy, session, routes, capture)
-            self.runner = web.AppRunner(self.proxy.app(), access_log=None)
+            self.runner = web.AppRunner(self.proxy.app(), access_log=None, auto_decompress=False)
             await self.runner.setup()
             stack.push_async_callback(self.runner.cleanup)
             await web.TCPSite(self.runner, settings.proxy.host, settings.proxy.port).start()

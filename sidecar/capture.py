@@ -8,11 +8,11 @@ group in one commit. Capture never raises into the customer path and never drops
 Guarantees (tests/integration/test_capture.py):
 - ``record`` returns ``True`` only once the record is committed to the stream (durable mode).
 - It returns within ``wait_ms_max`` (plus scheduling) whatever the stream does: a full queue,
-  a slow or failing store, a stopped writer. Each record not committed is counted in
+  a slow or failing store, a stopped writer. Every record is counted exactly once: as
+  ``committed`` (and also ``late`` if its caller had stopped waiting), or in
   ``CaptureStats.dropped`` by reason: ``queue_full``, ``timeout`` (the caller stopped waiting
   before its group was taken), ``store_error`` (its group failed ``append_attempts_max``
-  times), ``stopped``. A record whose caller stopped waiting after its group was taken is
-  still written, and counted as ``late``.
+  times), ``stopped`` (queued or being written when ``stop`` gave up).
 - Many concurrent records share one commit: ``CaptureStats.appends`` counts the commits.
 """
 
@@ -46,6 +46,8 @@ class _Item:
     record: MirrorRecord
     done: asyncio.Future[bool] | None  # None in async mode
     taken: bool = False  # part of a group being appended: no longer droppable
+    abandoned: bool = False  # its caller stopped waiting
+    settled: bool = False  # counted once, as committed (maybe late) or dropped
 
 
 class Capture:
@@ -59,6 +61,11 @@ class Capture:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def wait_s_max(self) -> float:
+        """The longest a durable record waits, in seconds (0 in async mode)."""
+        return self._settings.wait_ms_max / 1000 if self.durable else 0.0
 
     @property
     def durable(self) -> bool:
@@ -83,8 +90,9 @@ class Capture:
             self._settle(item, False, "stopped")
             self._queue.task_done()
 
-    async def record(self, record: MirrorRecord) -> bool:
-        """Queue ``record``; in durable mode wait (bounded) for its commit. Never raises."""
+    async def record(self, record: MirrorRecord, wait_s: float | None = None) -> bool:
+        """Queue ``record``; in durable mode wait for its commit, at most ``wait_s`` (or
+        ``wait_ms_max``, whichever is less). Never raises."""
         self.stats.recorded += 1
         done = asyncio.get_running_loop().create_future() if self.durable else None
         item = _Item(record, done)
@@ -98,27 +106,32 @@ class Capture:
             return False
         if done is None:
             return True
+        limit = self._settings.wait_ms_max / 1000
+        if wait_s is not None:
+            limit = max(0.0, min(limit, wait_s))
         try:
-            return await asyncio.wait_for(asyncio.shield(done), self._settings.wait_ms_max / 1000)
+            return await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
-            if not item.taken:
-                item.done = None  # the writer will skip it
-                self.stats.dropped["timeout"] += 1
-            else:
-                self.stats.late += 1  # written anyway, after the answer went out
-            return False
+            item.abandoned = True
+            if not item.taken:  # the writer will skip it
+                self._settle(item, False, "timeout")
+            return False  # if taken: counted when its group settles (late, or dropped)
 
     # --- the writer ------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
             group = [await self._queue.get()]
-            self._drain(group)
-            if len(group) < self._settings.batch_records_max:
-                await asyncio.sleep(self._settings.batch_linger_ms / 1000)
-                self._drain(group)
             try:
+                self._drain(group)
+                if len(group) < self._settings.batch_records_max:
+                    await asyncio.sleep(self._settings.batch_linger_ms / 1000)
+                    self._drain(group)
                 await self._write(group)
+            except asyncio.CancelledError:  # stop(): what was not written is dropped, counted
+                for item in group:
+                    self._settle(item, False, "stopped")
+                raise
             except Exception:  # never let the writer die: count and go on
                 log.exception("capture group failed", extra={"event": "capture_failed"})
                 for item in group:
@@ -135,7 +148,7 @@ class Capture:
                 return
 
     async def _write(self, group: list[_Item]) -> None:
-        live = [i for i in group if i.done is not None or not self.durable]
+        live = [i for i in group if not i.settled]
         for item in live:
             item.taken = True
         if not live:
@@ -160,9 +173,14 @@ class Capture:
             self._settle(item, False, "store_error")
 
     def _settle(self, item: _Item, committed: bool, reason: str | None) -> None:
+        if item.settled:
+            return
+        item.settled = True
         if committed:
             self.stats.committed += 1
-        elif reason is not None and (item.done is not None or not self.durable):
-            self.stats.dropped[reason] += 1
+            if item.abandoned:
+                self.stats.late += 1  # written, after its caller stopped waiting
+        else:
+            self.stats.dropped[reason or "store_error"] += 1
         if item.done is not None and not item.done.done():
             item.done.set_result(committed)

@@ -286,7 +286,12 @@ class InMemoryMirrorLog:
         self._offsets: dict[tuple[str, int], int] = {}
 
     async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
-        # stored as the database stores it: plain JSON, read back as such
+        # refused as the database refuses it, stored as it stores it (plain JSON)
+        for r in records:
+            if r.partition < 0 or not 1 <= len(r.request_id.encode()) <= 128:
+                raise LedgerIntegrityError(
+                    f"mirror record {r.request_id!r}: partition >= 0 and a 1-128 byte id"
+                )
         stored = [replace(r, content=orjson.loads(content_json(r))) for r in records]
         seqs: list[int] = []
         for record in stored:

@@ -61,8 +61,10 @@ def partition_of(partition_key: str, partitions: int) -> int:
 def content_json(record: MirrorRecord) -> str:
     """A record's content as JSON text; ``InvalidCommand`` if it is not plain JSON."""
     try:
-        return orjson.dumps(record.content).decode()
+        text = orjson.dumps(record.content).decode()
     except TypeError as exc:
         raise InvalidCommand(
             f"mirror record {record.request_id}: content is not JSON: {exc}"
         ) from None
+    # PostgreSQL's jsonb cannot hold U+0000: it is kept as the six characters \u0000
+    return text.replace("\\u0000", "\\\\u0000")

@@ -18,8 +18,10 @@ Guarantees (tests/integration/test_proxy.py):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,7 +94,21 @@ def problem(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
-def _body_for_stream(body: bytes) -> dict[str, Any]:
+def _body_for_stream(body: bytes, encoding: str | None = None) -> dict[str, Any]:
+    """The body as the mirror stream keeps it: text if it is UTF-8, decoded first if it came
+    gzip- or deflate-compressed (the bytes on the wire are untouched), base64 otherwise."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("gzip", "x-gzip", "deflate"):
+        try:
+            wbits = zlib.MAX_WBITS | 32 if coding != "deflate" else zlib.MAX_WBITS
+            body = zlib.decompress(body, wbits)
+        except zlib.error:
+            try:
+                body = zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate
+            except zlib.error:
+                return {"body_base64": base64.b64encode(body).decode("ascii"), "encoding": coding}
+    elif coding and coding != "identity":
+        return {"body_base64": base64.b64encode(body).decode("ascii"), "encoding": coding}
     try:
         return {"body": body.decode("utf-8")}
     except UnicodeDecodeError:
@@ -174,6 +190,10 @@ class Proxy:
 
         request_id = uuid.uuid4().hex
         partition = 0
+        # intent and outcome share one wait budget: the customer waits wait_ms_max at most
+        deadline = asyncio.get_running_loop().time() + (
+            self.capture.wait_s_max if self.capture is not None else 0.0
+        )
         if matched is not None and self.capture is not None:
             request_json = _json(body)
             partition = partition_of(
@@ -187,12 +207,13 @@ class Proxy:
                     {
                         "method": request.method,
                         "path": request.path,
-                        "query": dict(request.query),
+                        "query": [[k, v] for k, v in request.query.items()],
                         "headers": header_pairs(end_to_end(request.headers)),
-                        **_body_for_stream(body),
+                        **_body_for_stream(body, request.headers.get("Content-Encoding")),
                     },
                     route=matched.route.name,
-                )
+                ),
+                wait_s=deadline - asyncio.get_running_loop().time(),
             )
 
         url = self.settings.legacy_url + request.rel_url.raw_path_qs
@@ -207,6 +228,7 @@ class Proxy:
             ) as upstream:
                 answer = await upstream.read()
                 status, headers = upstream.status, end_to_end(upstream.headers)
+                length = upstream.headers.get("Content-Length")
         except TimeoutError:
             self.stats.legacy_errors["timeout"] += 1
             outcome: dict[str, Any] = {"error": "legacy_timeout"}
@@ -221,22 +243,27 @@ class Proxy:
             outcome = {
                 "status": status,
                 "headers": header_pairs(headers),
-                **_body_for_stream(answer),
+                **_body_for_stream(answer, headers.get("Content-Encoding")),
             }
             response = web.Response(status=status, headers=headers, body=answer)
+            if "Content-Type" not in headers:
+                del response.headers["Content-Type"]  # none was sent: invent none
+            if request.method == "HEAD" and length is not None:
+                response.headers["Content-Length"] = length
 
         if matched is not None and self.capture is not None:
             await self.capture.record(
                 MirrorRecord(
                     partition, RecordKind.OUTCOME, request_id, outcome, route=matched.route.name
-                )
+                ),
+                wait_s=deadline - asyncio.get_running_loop().time(),
             )
         return response
 
 
 async def serve(proxy: Proxy, host: str, port: int) -> web.AppRunner:
     """Start serving ``proxy`` (keep-alive on); the caller owns the returned runner."""
-    runner = web.AppRunner(proxy.app(), access_log=None)
+    runner = web.AppRunner(proxy.app(), access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -245,7 +272,12 @@ async def serve(proxy: Proxy, host: str, port: int) -> web.AppRunner:
 async def legacy_session(settings: ProxySettings) -> aiohttp.ClientSession:
     """A keep-alive connection pool towards the legacy service."""
     connector = aiohttp.TCPConnector(limit=settings.legacy_connections_max, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        # send what the client sent, nothing the HTTP library would add on its own
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+    )
 
 
 __all__ = ["Proxy", "ProxyStats", "end_to_end", "legacy_session", "serve"]

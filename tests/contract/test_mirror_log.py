@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from sidecar.db.mirror_store import PostgresMirrorLog
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
-from sidecar.errors import AppendOnlyViolation, InvalidCommand
+from sidecar.errors import AppendOnlyViolation, InvalidCommand, LedgerIntegrityError
 from sidecar.memory import InMemoryMirrorLog
 from sidecar.ports import MirrorLog
 
@@ -117,4 +117,20 @@ async def test_content_that_is_not_plain_json_is_refused_and_nothing_is_written(
     bad = MirrorRecord(0, RecordKind.INTENT, "x", {"when": object()})
     with pytest.raises(InvalidCommand, match="not JSON"):
         await log.append([intent("ok"), bad])
+    assert await log.head() == 0
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        MirrorRecord(-1, RecordKind.INTENT, "neg", {}),
+        MirrorRecord(0, RecordKind.INTENT, "", {}),
+        MirrorRecord(0, RecordKind.INTENT, "x" * 129, {}),
+    ],
+)
+async def test_records_the_stream_cannot_hold_are_refused_whole(
+    log: MirrorLog, record: MirrorRecord
+) -> None:
+    with pytest.raises(LedgerIntegrityError):
+        await log.append([intent("ok"), record])
     assert await log.head() == 0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import asyncpg
+import pytest
 from sidecar.capture import Capture
 from sidecar.config import CaptureSettings
 from sidecar.db.mirror_store import PostgresMirrorLog
@@ -125,3 +126,30 @@ async def test_records_after_stop_are_counted_not_lost_silently() -> None:
     capture = Capture(InMemoryMirrorLog(), SETTINGS)
     assert await capture.record(intent(1)) is False
     assert capture.stats.dropped["stopped"] == 1
+
+
+async def test_a_nul_character_does_not_cost_the_group_its_records(pool: asyncpg.Pool) -> None:
+    log = PostgresMirrorLog(pool)
+    capture = Capture(log, SETTINGS)
+    await capture.start()
+    try:
+        records = [intent(i) for i in range(5)]
+        records.append(MirrorRecord(0, RecordKind.INTENT, "nul", {"note": "a\u0000b"}))
+        assert await asyncio.gather(*(capture.record(r) for r in records)) == [True] * 6
+    finally:
+        await capture.stop()
+    stored = {e.record.request_id: e.record.content for e in await log.read()}
+    assert stored["nul"] == {"note": "a\\u0000b"}  # kept as six characters, not lost
+
+
+@pytest.mark.parametrize("mode", ["durable", "async"])
+async def test_stopping_mid_write_counts_every_record_once(mode: str) -> None:
+    capture = Capture(SlowLog(delay_s=5.0), replace(SETTINGS, mode=mode, wait_ms_max=20.0))
+    await capture.start()
+    results = await asyncio.gather(*(capture.record(intent(i)) for i in range(3)))
+    await capture.stop(timeout_s=0.1)
+    stats = capture.stats
+    assert stats.committed == 0
+    assert stats.recorded == 3 == stats.committed + sum(stats.dropped.values())
+    assert stats.late == 0
+    assert results == ([False] * 3 if mode == "durable" else [True] * 3)
