@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -267,6 +268,18 @@ class Counts:
     def per_s(self) -> float:
         return self.decided / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self) -> dict[str, Any]:
+        """What every closed-loop phase reports about its transfers."""
+        return {
+            "transfers_per_s": round(self.per_s, 1),
+            "posted": self.posted,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "error_samples": self.error_samples,
+            "seconds": round(self.seconds, 3),
+            "cpu_us_per_transfer": self.cpu.per_transfer_us(self.decided),
+        }
+
     def record(self, status: str) -> None:
         if status == "posted":
             self.posted += 1
@@ -401,7 +414,12 @@ class Bench:
             raise RuntimeError(f"synchronous_commit is {value!r} on the benchmark connections")
         return value
 
-    async def ledger_closed_loop(self, phase: str, workload: Workload) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def funded_ledger(
+        self, phase: str, workload: Workload
+    ) -> AsyncIterator[tuple[Ledger, bool]]:
+        """A fresh schema with every account opened and funded, settled; the ledger and
+        whether the checkpoint before measuring was allowed."""
         db = await self.fresh_schema(phase)
         pool = await create_pool(db)
         try:
@@ -409,37 +427,34 @@ class Bench:
             async with Ledger(PostgresLedgerStore(pool), self.settings.ledger) as ledger:
                 say(f"==> {phase}: opening and funding {len(workload.customers):,} accounts")
                 await open_and_fund(ledger, workload.customers)
-                checkpointed = await self.settle(db)
-                before = replace(ledger.stats)
-
-                async def one(rng: random.Random, caller: int, n: int) -> str:
-                    payer, payee, amount = workload.pick(rng, n)
-                    outcome = await ledger.transfer(
-                        Transfer.between(
-                            f"{phase}-{caller}-{n}",
-                            debit=payer,
-                            credit=payee,
-                            amount_minor=amount,
-                            currency="EUR",
-                        )
-                    )
-                    return outcome.status.value
-
-                say(f"==> {phase}: {self.seconds:g} s, {self.callers} callers")
-                counts = await closed_loop(phase, one, callers=self.callers, seconds=self.seconds)
-                writer = stats_delta(ledger.stats, before)
+                yield ledger, await self.settle(db)
         finally:
             await pool.close()
+
+    async def ledger_closed_loop(self, phase: str, workload: Workload) -> dict[str, Any]:
+        async with self.funded_ledger(phase, workload) as (ledger, checkpointed):
+            before = replace(ledger.stats)
+
+            async def one(rng: random.Random, caller: int, n: int) -> str:
+                payer, payee, amount = workload.pick(rng, n)
+                outcome = await ledger.transfer(
+                    Transfer.between(
+                        f"{phase}-{caller}-{n}",
+                        debit=payer,
+                        credit=payee,
+                        amount_minor=amount,
+                        currency="EUR",
+                    )
+                )
+                return outcome.status.value
+
+            say(f"==> {phase}: {self.seconds:g} s, {self.callers} callers")
+            counts = await closed_loop(phase, one, callers=self.callers, seconds=self.seconds)
+            writer = stats_delta(ledger.stats, before)
         return {
-            "schema": db.schema,
-            "transfers_per_s": round(counts.per_s, 1),
-            "posted": counts.posted,
-            "rejected": counts.rejected,
-            "errors": counts.errors,
-            "error_samples": counts.error_samples,
-            "seconds": round(counts.seconds, 3),
+            "schema": self.database(phase).schema,
+            **counts.summary(),
             "hot_share": round(workload.measured_hot_share, 4),
-            "cpu_us_per_transfer": counts.cpu.per_transfer_us(counts.decided),
             "checkpoint_before": checkpointed,
             "writer": writer,
         }
@@ -501,14 +516,8 @@ class Bench:
             )
         return {
             "schema": db.schema,
-            "transfers_per_s": round(counts.per_s, 1),
-            "posted": counts.posted,
-            "rejected": counts.rejected,
-            "errors": counts.errors,
-            "error_samples": counts.error_samples,
-            "seconds": round(counts.seconds, 3),
+            **counts.summary(),
             "connections": connections,
-            "cpu_us_per_transfer": counts.cpu.per_transfer_us(counts.decided),
             "checkpoint_before": checkpointed,
             "description": BASELINE_DESCRIPTION,
             "sql": " ".join(BASELINE_SQL.split()),
@@ -529,24 +538,13 @@ class Bench:
         }
 
     async def latency(self, workload: Workload) -> dict[str, Any]:
-        db = await self.fresh_schema("latency")
-        pool = await create_pool(db)
-        try:
-            await self.assert_synchronous_commit(pool)
-            async with Ledger(PostgresLedgerStore(pool), self.settings.ledger) as ledger:
-                say(f"==> latency: opening and funding {len(workload.customers):,} accounts")
-                await open_and_fund(ledger, workload.customers)
-                checkpointed = await self.settle(db)
-                before = replace(ledger.stats)
-                say(
-                    f"==> latency: {self.latency_rate:g} transfers/s offered for {self.seconds:g} s"
-                )
-                result = await self.open_loop(ledger, workload)
-                result["writer"] = stats_delta(ledger.stats, before)
-                result["checkpoint_before"] = checkpointed
-        finally:
-            await pool.close()
-        result["schema"] = db.schema
+        async with self.funded_ledger("latency", workload) as (ledger, checkpointed):
+            before = replace(ledger.stats)
+            say(f"==> latency: {self.latency_rate:g} transfers/s offered for {self.seconds:g} s")
+            result = await self.open_loop(ledger, workload)
+            result["writer"] = stats_delta(ledger.stats, before)
+            result["checkpoint_before"] = checkpointed
+        result["schema"] = self.database("latency").schema
         return result
 
     async def open_loop(self, ledger: Ledger, workload: Workload) -> dict[str, Any]:

@@ -73,6 +73,19 @@ async def connection(settings: DatabaseSettings) -> AsyncIterator[asyncpg.Connec
         await conn.close(timeout=settings.connect_timeout_s)
 
 
+DRIVER_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from ``pool``; driver errors leave as the SidecarError they mean."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except DRIVER_ERRORS as exc:
+        raise translate(exc) from exc
+
+
 def translate(exc: BaseException) -> SidecarError:
     """Map a driver error to the SidecarError it means; unknown errors become integrity errors."""
     if isinstance(exc, SidecarError):

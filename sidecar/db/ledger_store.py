@@ -12,7 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from sidecar.db.connect import translate
+from sidecar.db.connect import DRIVER_ERRORS, pooled, translate
+from sidecar.db.mirror_store import fetch_offset
 from sidecar.domain.ledger import (
     Account,
     AccountState,
@@ -61,7 +62,6 @@ COMMIT_AT = (
     "SELECT post_batch_at($1::text[], $2::text[], $3::bigint[], $4::bigint[], "
     "$5::text[], $6::integer[], $7::bigint[])"
 )
-OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
 
 BALANCE_NOW = "SELECT balance_minor FROM accounts WHERE id = $1"
 
@@ -116,11 +116,25 @@ async def post_batch(
     account_ids: list[str],
     before: list[int],
     after: list[int],
+    checkpoints: Sequence[Checkpoint] = (),
 ) -> int:
-    """Write and seal one batch in one statement; returns the first event's seq."""
+    """Write and seal one batch in one statement, moving ``checkpoints`` with it; returns the
+    first event's seq."""
     try:
-        first: int = await conn.fetchval(COMMIT, events, account_ids, before, after)
-    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        if not checkpoints:
+            first: int = await conn.fetchval(COMMIT, events, account_ids, before, after)
+        else:
+            first = await conn.fetchval(
+                COMMIT_AT,
+                events,
+                account_ids,
+                before,
+                after,
+                [c.consumer for c in checkpoints],
+                [c.partition for c in checkpoints],
+                [c.seq for c in checkpoints],
+            )
+    except DRIVER_ERRORS as exc:
         raise translate(exc) from exc
     return first
 
@@ -130,76 +144,45 @@ class PostgresLedgerStore:
         self._pool = pool
 
     async def load(self, account_ids: Collection[str], keys: Collection[str]) -> LedgerView:
-        try:
-            async with self._pool.acquire() as conn:
-                transfers: dict[str, TransferRecord] = {}
-                if keys:
-                    for row in await conn.fetch(LOAD_TRANSFERS, list(keys)):
-                        record = transfer_from_row(row)
-                        transfers[record.key] = record
-                wanted = set(account_ids)
-                for record in transfers.values():
-                    wanted.update(p.account_id for p in record.postings)
-                accounts: dict[str, AccountState] = {}
-                if wanted:
-                    for row in await conn.fetch(LOAD_ACCOUNTS, list(wanted)):
-                        accounts[row["id"]] = account_from_row(row)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            transfers: dict[str, TransferRecord] = {}
+            if keys:
+                for row in await conn.fetch(LOAD_TRANSFERS, list(keys)):
+                    record = transfer_from_row(row)
+                    transfers[record.key] = record
+            wanted = set(account_ids)
+            for record in transfers.values():
+                wanted.update(p.account_id for p in record.postings)
+            accounts: dict[str, AccountState] = {}
+            if wanted:
+                for row in await conn.fetch(LOAD_ACCOUNTS, list(wanted)):
+                    accounts[row["id"]] = account_from_row(row)
         return LedgerView(accounts=accounts, transfers=transfers)
 
     async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
         ids = list(plan.balances)
         before = [plan.balances[i].before_minor for i in ids]
         after = [plan.balances[i].after_minor for i in ids]
-        try:
-            async with self._pool.acquire() as conn:
-                if not checkpoints:
-                    return await post_batch(conn, list(plan.events), ids, before, after)
-                try:
-                    first: int = await conn.fetchval(
-                        COMMIT_AT,
-                        list(plan.events),
-                        ids,
-                        before,
-                        after,
-                        [c.consumer for c in checkpoints],
-                        [c.partition for c in checkpoints],
-                        [c.seq for c in checkpoints],
-                    )
-                except asyncpg.PostgresError as exc:
-                    raise translate(exc) from exc
-                return first
-        except (OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            return await post_batch(conn, list(plan.events), ids, before, after, checkpoints)
 
     async def offset(self, consumer: str, partition: int) -> int:
-        try:
-            async with self._pool.acquire() as conn:
-                seq: int | None = await conn.fetchval(OFFSET, consumer, partition)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
-        return seq or 0
+        async with pooled(self._pool) as conn:
+            return await fetch_offset(conn, consumer, partition)
 
     async def balance(self, account_id: str, at_seq: int | None = None) -> int | None:
-        try:
-            async with self._pool.acquire() as conn:
-                if at_seq is None:
-                    value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
-                    return value
-                row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            if at_seq is None:
+                value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
+                return value
+            row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
         if row is None or row["opened_seq"] > at_seq:
             return None
         return row["balance"] if row["balance"] is not None else 0
 
     async def head(self) -> LogHead:
-        try:
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(HEAD)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            row = await conn.fetchrow(HEAD)
         return LogHead(row["seq"], bytes(row["hash"]), row["batches"])
 
     async def events(self, after_seq: int = 0, chunk: int = 5000) -> AsyncIterator[StoredEvent]:
@@ -207,11 +190,8 @@ class PostgresLedgerStore:
             raise ValueError("chunk must be at least 1")
         last = after_seq
         while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    rows = await conn.fetch(EVENTS, last, chunk)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                raise translate(exc) from exc
+            async with pooled(self._pool) as conn:
+                rows = await conn.fetch(EVENTS, last, chunk)
             for row in rows:
                 yield StoredEvent(row["seq"], row["content"], bytes(row["hash"]))
             if len(rows) < chunk:

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from sidecar.db.connect import translate
+from sidecar.db.connect import pooled
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
 
 APPEND = (
@@ -57,6 +57,12 @@ def event_from_row(row: Any) -> MirrorEvent:
     )
 
 
+async def fetch_offset(conn: asyncpg.Connection, consumer: str, partition: int) -> int:
+    """A consumer's committed offset on a partition (0 if none); both stores read it here."""
+    seq: int | None = await conn.fetchval(OFFSET, consumer, partition)
+    return seq or 0
+
+
 class PostgresMirrorLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -65,61 +71,42 @@ class PostgresMirrorLog:
         if not records:
             return []
         contents = [content_json(r) for r in records]
-        try:
-            async with self._pool.acquire() as conn:
-                seqs: list[int] = await conn.fetchval(
-                    APPEND,
-                    [r.partition for r in records],
-                    [r.kind.value for r in records],
-                    [r.request_id for r in records],
-                    [r.route for r in records],
-                    contents,
-                    [r.trace_id for r in records],
-                )
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            seqs: list[int] = await conn.fetchval(
+                APPEND,
+                [r.partition for r in records],
+                [r.kind.value for r in records],
+                [r.request_id for r in records],
+                [r.route for r in records],
+                contents,
+                [r.trace_id for r in records],
+            )
         return list(seqs)
 
     async def read(
         self, after_seq: int = 0, limit: int = 1000, partition: int | None = None
     ) -> list[MirrorEvent]:
-        try:
-            async with self._pool.acquire() as conn:
-                if partition is None:
-                    rows = await conn.fetch(READ, after_seq, limit)
-                else:
-                    rows = await conn.fetch(READ_PARTITION, after_seq, limit, partition)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            if partition is None:
+                rows = await conn.fetch(READ, after_seq, limit)
+            else:
+                rows = await conn.fetch(READ_PARTITION, after_seq, limit, partition)
         return [event_from_row(r) for r in rows]
 
     async def head(self) -> int:
-        try:
-            async with self._pool.acquire() as conn:
-                seq: int = await conn.fetchval(HEAD)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            seq: int = await conn.fetchval(HEAD)
         return seq
 
     async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]:
-        try:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(IN_DOUBT, up_to_seq)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            rows = await conn.fetch(IN_DOUBT, up_to_seq)
         return [event_from_row(r) for r in rows]
 
     async def offset(self, consumer: str, partition: int) -> int:
-        try:
-            async with self._pool.acquire() as conn:
-                seq: int | None = await conn.fetchval(OFFSET, consumer, partition)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
-        return seq or 0
+        async with pooled(self._pool) as conn:
+            return await fetch_offset(conn, consumer, partition)
 
     async def commit_offset(self, consumer: str, partition: int, seq: int) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await conn.execute(COMMIT_OFFSET, consumer, partition, seq)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+        async with pooled(self._pool) as conn:
+            await conn.execute(COMMIT_OFFSET, consumer, partition, seq)

@@ -34,7 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.capture import Capture
 from sidecar.config import ProxySettings
-from sidecar.domain.mapping import MISSING, MatchedRoute, RouteTable, extract
+from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 
 #: RFC 9110 §7.6.1 and RFC 9112: meaningful for one connection only
@@ -122,17 +122,39 @@ def _json(body: bytes) -> Any:
         return MISSING
 
 
-def _partition_key(matched: MatchedRoute, request_json: Any, headers: Mapping[str, str]) -> str:
+def _partition_key(matched: MatchedRoute, body: bytes, headers: Mapping[str, str]) -> str:
+    """The account (or other key) whose order the stream must keep; the body is parsed only
+    if the route takes that key from it."""
+    request_json: Any = MISSING
     for name in PARTITION_FIELDS:
         source = matched.route.fields.get(name)
         if source is None:
             continue
+        if source.origin is Origin.REQUEST and request_json is MISSING:
+            request_json = _json(body)
         value = extract(
             source, request=request_json, path_params=matched.path_params, headers=headers
         )
         if value is not MISSING and value is not None:
             return str(value)
     return matched.route.name
+
+
+@dataclass(slots=True)
+class _Mirrored:
+    """A request being captured: where its records go and until when the customer may wait
+    (intent and outcome share one budget)."""
+
+    capture: Capture
+    route: str
+    request_id: str
+    partition: int
+    deadline: float
+
+    async def record(self, kind: RecordKind, content: dict[str, Any]) -> None:
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        record = MirrorRecord(self.partition, kind, self.request_id, content, route=self.route)
+        await self.capture.record(record, wait_s=remaining)
 
 
 class Proxy:
@@ -178,50 +200,13 @@ class Proxy:
                 "request_too_large",
                 f"request bodies are limited to {self.settings.body_bytes_max} bytes",
             )
-        matched = None
-        if self.settings.mode == "shadow" and self.routes is not None:
-            matched = self.routes.match(request.method, request.path)
-            if matched is None:
-                self.stats.unmapped += 1
-            else:
-                self.stats.mapped += 1
-        else:
-            self.stats.unmapped += 1
-
-        request_id = uuid.uuid4().hex
-        partition = 0
-        # intent and outcome share one wait budget: the customer waits wait_ms_max at most
-        deadline = asyncio.get_running_loop().time() + (
-            self.capture.wait_s_max if self.capture is not None else 0.0
-        )
-        if matched is not None and self.capture is not None:
-            request_json = _json(body)
-            partition = partition_of(
-                _partition_key(matched, request_json, request.headers), self.settings.partitions
-            )
-            await self.capture.record(
-                MirrorRecord(
-                    partition,
-                    RecordKind.INTENT,
-                    request_id,
-                    {
-                        "method": request.method,
-                        "path": request.path,
-                        "query": [[k, v] for k, v in request.query.items()],
-                        "headers": header_pairs(end_to_end(request.headers)),
-                        **_body_for_stream(body, request.headers.get("Content-Encoding")),
-                    },
-                    route=matched.route.name,
-                ),
-                wait_s=deadline - asyncio.get_running_loop().time(),
-            )
-
-        url = self.settings.legacy_url + request.rel_url.raw_path_qs
+        forwarded = end_to_end(request.headers)
+        mirrored = await self._mirror_intent(request, forwarded, body)
         try:
             async with self.session.request(
                 request.method,
-                url,
-                headers=end_to_end(request.headers),
+                self.settings.legacy_url + request.rel_url.raw_path_qs,
+                headers=forwarded,
                 data=body if body else None,
                 allow_redirects=False,
                 timeout=self.timeout,
@@ -230,35 +215,66 @@ class Proxy:
                 status, headers = upstream.status, end_to_end(upstream.headers)
                 length = upstream.headers.get("Content-Length")
         except TimeoutError:
-            self.stats.legacy_errors["timeout"] += 1
-            outcome: dict[str, Any] = {"error": "legacy_timeout"}
-            response = problem(504, "legacy_timeout", "the legacy service did not answer in time")
-        except aiohttp.ClientError as exc:
-            self.stats.legacy_errors["unreachable"] += 1
-            outcome = {"error": "legacy_unreachable"}
-            response = problem(
-                502, "legacy_unreachable", f"the legacy service cannot be reached: {exc}"
+            return await self._legacy_failed(
+                mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
             )
-        else:
-            outcome = {
-                "status": status,
-                "headers": header_pairs(headers),
-                **_body_for_stream(answer, headers.get("Content-Encoding")),
-            }
-            response = web.Response(status=status, headers=headers, body=answer)
-            if "Content-Type" not in headers:
-                del response.headers["Content-Type"]  # none was sent: invent none
-            if request.method == "HEAD" and length is not None:
-                response.headers["Content-Length"] = length
-
-        if matched is not None and self.capture is not None:
-            await self.capture.record(
-                MirrorRecord(
-                    partition, RecordKind.OUTCOME, request_id, outcome, route=matched.route.name
-                ),
-                wait_s=deadline - asyncio.get_running_loop().time(),
+        except aiohttp.ClientError as exc:
+            return await self._legacy_failed(
+                mirrored, 502, "legacy_unreachable", f"the legacy service cannot be reached: {exc}"
+            )
+        response = web.Response(status=status, headers=headers, body=answer)
+        if "Content-Type" not in headers:
+            del response.headers["Content-Type"]  # none was sent: invent none
+        if request.method == "HEAD" and length is not None:
+            response.headers["Content-Length"] = length
+        if mirrored is not None:  # only captured requests pay for decoding the answer
+            await mirrored.record(
+                RecordKind.OUTCOME,
+                {
+                    "status": status,
+                    "headers": header_pairs(headers),
+                    **_body_for_stream(answer, headers.get("Content-Encoding")),
+                },
             )
         return response
+
+    async def _mirror_intent(
+        self, request: web.Request, forwarded: CIMultiDict[str], body: bytes
+    ) -> _Mirrored | None:
+        """In shadow mode, record a mapped request before it is forwarded; count the rest."""
+        if self.settings.mode != "shadow" or self.routes is None or self.capture is None:
+            return None
+        matched = self.routes.match(request.method, request.path)
+        if matched is None:
+            self.stats.unmapped += 1
+            return None
+        self.stats.mapped += 1
+        mirrored = _Mirrored(
+            self.capture,
+            matched.route.name,
+            uuid.uuid4().hex,
+            partition_of(_partition_key(matched, body, request.headers), self.settings.partitions),
+            asyncio.get_running_loop().time() + self.capture.wait_s_max,
+        )
+        await mirrored.record(
+            RecordKind.INTENT,
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": [[k, v] for k, v in request.query.items()],
+                "headers": header_pairs(forwarded),
+                **_body_for_stream(body, request.headers.get("Content-Encoding")),
+            },
+        )
+        return mirrored
+
+    async def _legacy_failed(
+        self, mirrored: _Mirrored | None, status: int, code: str, message: str
+    ) -> web.Response:
+        self.stats.legacy_errors[code] += 1
+        if mirrored is not None:
+            await mirrored.record(RecordKind.OUTCOME, {"error": code})
+        return problem(status, code, message)
 
 
 async def serve(proxy: Proxy, host: str, port: int) -> web.AppRunner:
