@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from sidecar.applier import Applier
 from sidecar.capture import Capture
 from sidecar.config import Settings
+from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.db.connect import create_pool
+from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import migrate
 from sidecar.db.mirror_store import PostgresMirrorLog
+from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
 
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 class Sidecar:
     settings: Settings
     proxy: Proxy | None = None
+    applier: Applier | None = None
+    resolver: InDoubtResolver | None = None
     runner: web.AppRunner | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
@@ -47,12 +53,38 @@ class Sidecar:
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
-                capture = Capture(PostgresMirrorLog(pool), settings.capture)
+                stream = PostgresMirrorLog(pool)
+                capture = Capture(stream, settings.capture)
                 await capture.start()
                 stack.push_async_callback(capture.stop)
+                # 2b. the shadow applier: stream -> ledger -> comparisons
+                assert routes is not None
+                self.applier = Applier(
+                    stream,
+                    PostgresLedgerStore(pool),
+                    PostgresComparisonStore(pool),
+                    routes,
+                    settings.applier,
+                    settings.ledger,
+                    settings.proxy.partitions,
+                )
+                await self.applier.start()
+                stack.push_async_callback(self.applier.stop)
             # 3. the keep-alive pool towards the legacy service
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
+            # 3b. requests in doubt, resolved through the legacy service's lookup routes
+            if capture is not None and routes is not None:
+                assert self.applier is not None
+                self.resolver = InDoubtResolver(
+                    self.applier.stream,
+                    routes,
+                    session,
+                    settings.proxy.legacy_url,
+                    settings.applier.in_doubt_after_s,
+                )
+                self.resolver.start()
+                stack.push_async_callback(self.resolver.stop)
             # 4. the proxy, listening
             self.proxy = Proxy(settings.proxy, session, routes, capture)
             self.runner = web.AppRunner(self.proxy.app(), access_log=None, auto_decompress=False)

@@ -121,10 +121,161 @@ async def _ledger_balance(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.demo.shadow_demo import run_shadow_demo
+
+    demo_settings = replace(settings, database=replace(settings.database, schema=args.schema))
+    return await run_shadow_demo(
+        demo_settings,
+        seconds=args.seconds,
+        port=args.port,
+        customers=args.customers,
+        workers=args.workers,
+        seed=args.seed,
+        as_json=args.json,
+    )
+
+
+async def _demo_ledger(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.demo.ledger_demo import run_demo
 
     demo_settings = replace(settings, database=replace(settings.database, schema=args.schema))
     return await run_demo(demo_settings, seconds=args.seconds, customers=args.customers)
+
+
+async def _demo_legacy(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from sidecar.demo.legacy import FaultRates, LegacyService
+
+    rates = FaultRates(
+        rounding=args.rounding,
+        dropped=args.dropped,
+        wrong_balance=args.wrong_balance,
+        latency_spike=args.latency_spike,
+        server_error=args.server_error,
+    )
+    service = LegacyService(rates, seed=args.seed)
+    service.seed_accounts(args.customers)
+    runner = web.AppRunner(service.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(f"demo legacy service on http://{args.host}:{args.port}", file=sys.stderr)
+    await _until_signalled()
+    await runner.cleanup()
+    return 0
+
+
+async def _demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.demo.traffic import run_traffic
+
+    def tick(report: Any) -> None:
+        print(f"  {report.requests:,} requests", file=sys.stderr)
+
+    report = await run_traffic(
+        args.target.rstrip("/"),
+        (args.direct or args.target).rstrip("/"),
+        [f"CUST-{i:05d}" for i in range(args.customers)],
+        seconds=args.seconds,
+        workers=args.workers,
+        seed=args.seed,
+        on_tick=tick,
+    )
+    print(
+        json.dumps(
+            {
+                "requests": report.requests,
+                "by_kind": dict(report.by_kind),
+                "by_status": {str(k): v for k, v in report.by_status.items()},
+                "errors": report.errors,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.bootstrap import bootstrap
+    from sidecar.db.connect import create_pool
+    from sidecar.db.migrate import migrate
+    from sidecar.db.mirror_store import PostgresMirrorLog
+
+    source = args.source or settings.proxy.legacy_url.rstrip("/") + "/v1/accounts"
+    await migrate(settings.database)
+    pool = await create_pool(settings.database)
+    try:
+        report = await bootstrap(PostgresMirrorLog(pool), source)
+    finally:
+        await pool.close()
+    print(
+        f"bootstrap snapshot of {report.accounts} accounts from {report.source} recorded at "
+        f"stream offsets {report.intent_seq}..{report.outcome_seq}; the applier opens them "
+        "when it gets there"
+    )
+    return 0
+
+
+async def _divergences_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.comparison_store import PostgresComparisonStore
+    from sidecar.db.connect import create_pool
+
+    pool = await create_pool(settings.database)
+    try:
+        rows = await PostgresComparisonStore(pool).divergences(
+            args.account, after_seq=args.after, limit=args.limit
+        )
+    finally:
+        await pool.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    body = [
+        [
+            r["seq"],
+            r["account_id"] or "-",
+            r["route"],
+            ",".join(r["kinds"]),
+            "; ".join(
+                f"{d['field']}: legacy {d['legacy']} / ledger {d['ledger']}"
+                for d in r["differences"]
+            ),
+            ", ".join(f"{v} {k}" for k, v in r["at_risk"].items()) or "-",
+        ]
+        for r in rows
+    ]
+    print(table(["offset", "account", "route", "kind", "values", "at risk (minor)"], body))
+    print(f"\n{len(rows)} divergences")
+    return 0
+
+
+async def _stream_status(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.connect import create_pool
+    from sidecar.stream_status import stream_status
+
+    pool = await create_pool(settings.database)
+    try:
+        status = await stream_status(pool, settings.proxy.partitions)
+    finally:
+        await pool.close()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(table(["", "count"], [[k, v] for k, v in status["counts"].items()]))
+    print()
+    print(table(["consumer", "offset", "behind head"], status["consumers"]))
+    gaps = status["gaps"]
+    print(f"\ngaps (intents with no outcome, older than the in-doubt age): {len(gaps)}")
+    for gap in gaps[:20]:
+        print(f"  offset {gap['seq']}  {gap['route']}  request {gap['request_id']}")
+    return 0
 
 
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -203,11 +354,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mapping", help="legacy-route mapping file (default: proxy.mapping)")
     p.set_defaults(handler=_serve)
 
-    p = groups.add_parser("demo", help="a short self-checking ledger demo on a fresh schema")
-    p.add_argument("--seconds", type=float, default=5.0)
+    p = groups.add_parser(
+        "demo",
+        help="shadow a faulty demo legacy service under traffic; ends with a verdict table",
+    )
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--port", type=int, default=0, help="the sidecar's port (default: any)")
     p.add_argument("--customers", type=int, default=200)
-    p.add_argument("--schema", default="ledger_demo")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--schema", default="shadow_demo")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(handler=_demo)
+    demo = p.add_subparsers(dest="part", metavar="PART")
+    q = demo.add_parser("ledger", help="a short self-checking ledger-core demo")
+    q.add_argument("--seconds", type=float, default=5.0)
+    q.add_argument("--customers", type=int, default=200)
+    q.add_argument("--schema", default="ledger_demo")
+    q.set_defaults(handler=_demo_ledger)
+    q = demo.add_parser("legacy", help="run the demo legacy service alone")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=8081)
+    q.add_argument("--customers", type=int, default=200)
+    q.add_argument("--seed", type=int, default=7)
+    for name in ("rounding", "dropped", "wrong-balance", "latency-spike", "server-error"):
+        q.add_argument(f"--{name}", type=float, default=0.0, help="fault probability (0..1)")
+    q.set_defaults(handler=_demo_legacy)
+    q = demo.add_parser("traffic", help="run the traffic generator against a URL")
+    q.add_argument("--target", default="http://127.0.0.1:8080", help="the sidecar's URL")
+    q.add_argument("--direct", help="the legacy service's URL, for direct reads")
+    q.add_argument("--seconds", type=float, default=30.0)
+    q.add_argument("--customers", type=int, default=200)
+    q.add_argument("--workers", type=int, default=8)
+    q.add_argument("--seed", type=int, default=1)
+    q.set_defaults(handler=_demo_traffic)
+
+    p = groups.add_parser(
+        "bootstrap", help="record a snapshot of the legacy accounts for the applier to open"
+    )
+    p.add_argument("--source", help="listing URL or JSON file (default: <legacy_url>/v1/accounts)")
+    p.set_defaults(handler=_bootstrap)
+
+    divergences = groups.add_parser("divergences", help="what the comparisons found")
+    sub = divergences.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="stored divergences, oldest first")
+    p.add_argument("--account", help="only this account's")
+    p.add_argument("--after", type=int, default=0, help="only after this stream offset")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_divergences_list)
+
+    stream = groups.add_parser("stream", help="the mirror stream")
+    sub = stream.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="served, captured, applied, compared; gaps by offset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_stream_status)
     return parser
 
 

@@ -105,11 +105,27 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class ApplierSettings:
+    #: stream events read, applied and compared as one group (one comparison commit)
+    chunk_events_max: int = 1000
+    #: how long the applier waits before looking again when the stream has nothing new
+    idle_poll_ms: float = 50.0
+    #: an intent older than this with no outcome is in doubt (the sidecar died in between)
+    in_doubt_after_s: float = 30.0
+    #: exchanges before the first bootstrap snapshot in the stream are skipped (they are in
+    #: the snapshot); false only for a legacy service that starts empty
+    require_bootstrap: bool = True
+    #: raise on the first mismatch (a gate for users' CI, as Scientist's raise-on-mismatch)
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    applier: ApplierSettings = field(default_factory=ApplierSettings)
     log_level: str = "INFO"
 
 
@@ -207,7 +223,20 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "batch_linger_ms": lambda k, v: _positive_float(k, v, maximum=1000.0),
         "append_attempts_max": lambda k, v: _positive_int(k, v, maximum=100),
     },
+    "applier": {
+        "chunk_events_max": lambda k, v: _positive_int(k, v, maximum=100_000),
+        "idle_poll_ms": lambda k, v: _positive_float(k, v, maximum=60_000.0),
+        "in_doubt_after_s": lambda k, v: _positive_float(k, v, maximum=86_400.0),
+        "strict": lambda k, v: _boolean(k, v),
+        "require_bootstrap": lambda k, v: _boolean(k, v),
+    },
 }
+
+
+def _boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
 
 
 def _section(cls: type[T], name: str, raw: object) -> T:
@@ -226,7 +255,7 @@ def _section(cls: type[T], name: str, raw: object) -> T:
 def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from a parsed config document (tests pass a dict) and the environment."""
     environ = environ or {}
-    unknown = set(data) - {"database", "ledger", "capture", "proxy", "log_level"}
+    unknown = set(data) - {"database", "ledger", "capture", "proxy", "applier", "log_level"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section or setting")
     database_raw = dict(data.get("database", {}))
@@ -246,9 +275,21 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
     proxy = _section(ProxySettings, "proxy", proxy_raw)
     if proxy.mode == "shadow" and proxy.mapping is None:
         raise ConfigError("proxy.mapping: shadow mode needs a mapping file")
+    applier = _section(ApplierSettings, "applier", data.get("applier", {}))
+    if applier.in_doubt_after_s <= proxy.legacy_timeout_s:
+        raise ConfigError(
+            "applier.in_doubt_after_s: must exceed proxy.legacy_timeout_s, or a request still "
+            f"in flight would be taken for lost ({applier.in_doubt_after_s} <= "
+            f"{proxy.legacy_timeout_s})"
+        )
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
     return Settings(
-        database=database, ledger=ledger, capture=capture, proxy=proxy, log_level=log_level
+        database=database,
+        ledger=ledger,
+        capture=capture,
+        proxy=proxy,
+        applier=applier,
+        log_level=log_level,
     )
 
 

@@ -156,3 +156,14 @@ class AccountsTaken(SidecarError):
 
     code = "accounts_taken"
     retryable = True
+
+
+class ShadowMismatch(SidecarError):
+    """Strict mode: the ledger and the legacy service disagreed. ``record`` is the comparison
+    (a ``sidecar.domain.shadow.ComparisonRecord``), already stored."""
+
+    code = "shadow_mismatch"
+
+    def __init__(self, message: str, record: object) -> None:
+        super().__init__(message)
+        self.record = record

@@ -325,6 +325,14 @@ class InMemoryMirrorLog:
             and (e.record.request_id, RecordKind.OUTCOME) not in self._index
         ]
 
+    async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        out: dict[str, MirrorEvent] = {}
+        for request_id in request_ids:
+            seq = self._index.get((request_id, RecordKind.INTENT))
+            if seq is not None:
+                out[request_id] = self._events[seq - 1]
+        return out
+
     async def offset(self, consumer: str, partition: int) -> int:
         return self._offsets.get((consumer, partition), 0)
 

@@ -6,7 +6,7 @@ one commit for a whole group of records, however many requests they came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,10 @@ WHERE i.kind = 'intent' AND i.seq <= $1
   AND NOT EXISTS (SELECT 1 FROM mirror_events o
                   WHERE o.request_id = i.request_id AND o.kind = 'outcome')
 ORDER BY i.seq
+"""
+INTENTS = """
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+FROM mirror_events WHERE kind = 'intent' AND request_id = ANY($1::text[])
 """
 OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
 COMMIT_OFFSET = """
@@ -102,6 +106,13 @@ class PostgresMirrorLog:
         async with pooled(self._pool) as conn:
             rows = await conn.fetch(IN_DOUBT, up_to_seq)
         return [event_from_row(r) for r in rows]
+
+    async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        if not request_ids:
+            return {}
+        async with pooled(self._pool) as conn:
+            rows = await conn.fetch(INTENTS, list(request_ids))
+        return {r["request_id"]: event_from_row(r) for r in rows}
 
     async def offset(self, consumer: str, partition: int) -> int:
         async with pooled(self._pool) as conn:

@@ -45,6 +45,21 @@ class DivergenceKind(StrEnum):
     MISSING_IN_LEDGER = "missing_in_ledger"
     MISSING_IN_LEGACY = "missing_in_legacy"
     METADATA = "metadata"
+    #: a difference another order of concurrent requests explains: named noise, not money
+    ORDER_DEPENDENT = "order_dependent"
+
+
+#: the kinds that mean money may be wrong: these page
+MONETARY: frozenset[DivergenceKind] = frozenset(
+    {
+        DivergenceKind.AMOUNT,
+        DivergenceKind.BALANCE,
+        DivergenceKind.CURRENCY,
+        DivergenceKind.MISSING_IN_LEDGER,
+        DivergenceKind.MISSING_IN_LEGACY,
+        DivergenceKind.STATUS,
+    }
+)
 
 
 class SideStatus(StrEnum):
@@ -76,6 +91,8 @@ class Difference:
     ledger: Any
     currency: str | None = None
     at_risk_minor: int = 0
+    #: the legacy value in minor units, when it is readable money
+    legacy_minor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +264,11 @@ def _money(
         return Difference(name, kind, legacy, ledger, currency, at_risk)
     with localcontext(EXACT):
         gap = abs(mine - ledger_decimal(theirs_minor, exponent)).scaleb(exponent)
+        scaled = mine.scaleb(exponent)
+        legacy_minor = int(scaled) if scaled == scaled.to_integral_value() else None
     if gap <= rule.tolerance_minor:
         return None
-    return Difference(name, kind, legacy, ledger, currency, _minor_ceiling(gap, 0))
+    return Difference(name, kind, legacy, ledger, currency, _minor_ceiling(gap, 0), legacy_minor)
 
 
 def _minor_ceiling(amount: Decimal, exponent: int) -> int:

@@ -62,6 +62,8 @@ OPTIONAL: Final[dict[Operation, frozenset[str]]] = {
 }
 #: fields holding money: an ``ignore`` compare rule on them is refused
 MONEY_FIELDS: Final = frozenset({"amount", "balance", "overdraft_limit"})
+#: what the ledger reports of a command, so what a route's ``result`` may compare it with
+RESULT_FIELDS: Final = frozenset({"amount", "balance", "currency"})
 #: the widest tolerance a money field may have, in minor units
 TOLERANCE_MINOR_MAX: Final = 100
 
@@ -139,6 +141,12 @@ class Route:
     outcome: Outcome
     compare: Mapping[str, CompareRule]
     hook: str | None = None
+    #: where the legacy answer says what it did (``amount = "answer:amount.value"``); a name
+    #: not given here is read from ``fields`` (what the request asked for)
+    result: Mapping[str, FieldSource] = field(default_factory=dict)
+    #: a GET path on the legacy service answering, for a request in doubt, exactly what the
+    #: request was answered (404 if it was never processed): ``/v1/idempotency/{key}``
+    lookup: str | None = None
 
     @property
     def literal_segments(self) -> int:
@@ -294,6 +302,8 @@ _ROUTE_KEYS = {
     "rejection_codes",
     "compare",
     "hook",
+    "result",
+    "lookup",
 }
 
 
@@ -336,9 +346,55 @@ def _route(raw: Any, where: str, source: str) -> Route:
     hook = raw.get("hook")
     if hook is not None and (not isinstance(hook, str) or not _HOOK.fullmatch(hook)):
         raise MappingError(source, f"{where}.hook", "a dotted path: package.module:function")
+    result = _result(raw.get("result", {}), segments, f"{where}.result", source)
+    lookup = _lookup(raw.get("lookup"), fields, f"{where}.lookup", source)
     return Route(
-        name, method, path, segments, operation, fields, amount_format, outcome, compare, hook
+        name,
+        method,
+        path,
+        segments,
+        operation,
+        fields,
+        amount_format,
+        outcome,
+        compare,
+        hook,
+        result,
+        lookup,
     )
+
+
+def _lookup(raw: Any, fields: Mapping[str, FieldSource], key: str, source: str) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or _split(raw) is None or "?" in raw:
+        raise MappingError(source, key, "a path like /v1/idempotency/{key}")
+    for name in _PARAM.findall(raw):
+        if name not in fields:
+            raise MappingError(source, key, f"{{{name}}} is not one of the route's fields")
+    return raw
+
+
+def lookup_path(route: Route, values: Mapping[str, str]) -> str:
+    """The route's lookup path with its ``{field}`` placeholders filled in."""
+    assert route.lookup is not None
+    return _PARAM.sub(lambda m: values[m.group(1)], route.lookup)
+
+
+def _result(raw: Any, segments: Sequence[str], key: str, source: str) -> dict[str, FieldSource]:
+    if not isinstance(raw, Mapping):
+        raise MappingError(source, key, "a table of field = source in the legacy answer")
+    out: dict[str, FieldSource] = {}
+    for name, value in raw.items():
+        if name not in RESULT_FIELDS:
+            raise MappingError(
+                source,
+                f"{key}.{name}",
+                f"the ledger reports only {', '.join(sorted(RESULT_FIELDS))}; name other "
+                "answer fields under compare as ignore",
+            )
+        out[str(name)] = _source(value, f"{key}.{name}", segments, source)
+    return out
 
 
 def _text(raw: Mapping[str, Any], key: str, where: str, source: str) -> str:
@@ -411,7 +467,15 @@ def _rejection_codes(raw: Any, where: str, source: str) -> dict[str, frozenset[s
     key = f"{where}.rejection_codes"
     if not isinstance(raw, Mapping):
         raise MappingError(source, key, "a table of outcome = [legacy codes]")
-    known = {"insufficient_funds", "account_not_open", "unknown_account", "duplicate"}
+    known = {
+        "insufficient_funds",
+        "account_not_open",
+        "unknown_account",
+        "currency_mismatch",
+        "unknown_transfer",
+        "already_reversed",
+        "duplicate",
+    }
     _only(raw, known, key, source)
     out: dict[str, frozenset[str]] = {}
     for name, codes in raw.items():

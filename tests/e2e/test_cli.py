@@ -54,7 +54,7 @@ def test_migrate_twice_then_verify_an_empty_ledger(schema: str) -> None:
 
 
 def test_demo_then_verify_rebuild_and_tamper(schema: str) -> None:
-    demo = cli("demo", "--seconds", "1", "--customers", "20", "--schema", schema)
+    demo = cli("demo", "ledger", "--seconds", "1", "--customers", "20", "--schema", schema)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "OK: the demo ledger" in demo.stdout
     rebuilt = cli("--schema", schema, "ledger", "rebuild", "--json")

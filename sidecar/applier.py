@@ -1,0 +1,619 @@
+"""The shadow applier: mirror stream -> ledger commands -> comparisons, one group at a time.
+
+The applier reads the stream in seq order (so in order on every partition), pairs each
+request's intent with its outcome, turns the exchange into a ledger command through the route
+mapping, posts it through the ledger core, and compares the two systems' results. Exchanges
+are applied in the order their legacy answers were recorded, the best witness of the order the
+legacy service took; overlapping ones on one account may be taken in another order
+(``domain.shadow.serialise``).
+
+Guarantees (tests/integration/test_applier.py):
+- Each ledger write commits with the ``ledger`` consumer's offset on its partition, in one
+  transaction; each group of comparisons commits with the ``compare`` consumer's offsets, in
+  one transaction. After a crash the applier resumes after the last committed group; the
+  ledger writes of a group redone are replays by idempotency key, never second postings.
+- An outcome whose intent is not in the stream (capture dropped it), or whose request cannot
+  be turned into a ledger command, is recorded as ``skipped`` with the reason: counted, not lost.
+- A balance read is compared with the ledger's balance at the same stream position: after
+  every exchange applied before it, before any applied after it.
+- A transient ledger failure (busy, unreachable) records nothing: the group is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from sidecar.config import ApplierSettings, LedgerSettings
+from sidecar.db.comparison_store import PostgresComparisonStore
+from sidecar.domain.bootstrap import BOOTSTRAP_ROUTE, opening_commands
+from sidecar.domain.comparison import (
+    Comparison,
+    DivergenceKind,
+    Outcome,
+    SideStatus,
+    compare,
+)
+from sidecar.domain.ledger import Command, OpenAccount, Result
+from sidecar.domain.mapping import CompareKind, CompareRule, MatchedRoute, RouteTable
+from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
+from sidecar.domain.outcome import AccountOutcome, TransferOutcome
+from sidecar.domain.shadow import (
+    ComparisonRecord,
+    Pending,
+    Span,
+    debit_account,
+    effects,
+    exchange_of,
+    explained_by_order,
+    ledger_result,
+    legacy_result,
+    order_dependent,
+    serialise,
+)
+from sidecar.domain.translate import (
+    BalanceRead,
+    Exchange,
+    LedgerRequest,
+    legacy_side,
+    rejection_outcome,
+    to_ledger,
+)
+from sidecar.errors import InvalidCommand, LedgerBusy, ShadowMismatch, SidecarError
+from sidecar.ports import LedgerStore, MirrorLog
+from sidecar.posting import Ledger
+
+log = logging.getLogger(__name__)
+
+LEDGER_CONSUMER = "ledger"
+COMPARE_CONSUMER = "compare"
+#: overlapping exchanges remembered per account, to explain differences by order
+RECENT_PER_ACCOUNT = 32
+PENDING_INTENTS_MAX = 100_000
+READ_EVENTS_MAX = 200_000
+#: events before the resume point read again to remember recent movements per account
+WARM_EVENTS = 4000
+DEFAULT_RULES = {"rejection": CompareRule(CompareKind.EXACT)}
+
+
+@dataclass
+class ApplierStats:
+    groups: int = 0
+    compared: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class _Item:
+    """One exchange of the group being applied."""
+
+    intent: MirrorEvent | None
+    outcome: MirrorEvent
+    matched: MatchedRoute | None = None
+    exchange: Exchange | None = None
+    request: LedgerRequest | None = None
+    legacy_status: SideStatus = SideStatus.ERROR
+    legacy_code: str | None = None
+    skip: str | None = None
+    opening: list[Command] = field(default_factory=list)  # a bootstrap snapshot's commands
+    result: Result | int | None = None
+    record: ComparisonRecord | None = None
+
+    @property
+    def span(self) -> Span:
+        start = self.intent.seq if self.intent is not None else self.outcome.seq
+        return Span(start, self.outcome.seq)
+
+    @property
+    def request_id(self) -> str:
+        return self.outcome.record.request_id
+
+
+class Applier:
+    def __init__(
+        self,
+        stream: MirrorLog,
+        store: LedgerStore,
+        comparisons: PostgresComparisonStore,
+        routes: RouteTable,
+        settings: ApplierSettings,
+        ledger_settings: LedgerSettings,
+        partitions: int,
+    ) -> None:
+        self.stream = stream
+        self.store = store
+        self.comparisons = comparisons
+        self.routes = routes
+        self.settings = settings
+        self.partitions = partitions
+        # one writer: commands are decided in the order the applier submits them
+        self.ledger = Ledger(store, replace(ledger_settings, partitions=1))
+        self.stats = ApplierStats()
+        self._cursor = 0
+        self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
+        self._pending: OrderedDict[str, MirrorEvent] = OrderedDict()  # intents awaiting outcome
+        self._recent: dict[str, deque[tuple[Span, int]]] = {}  # account -> (span, effect)
+        self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
+        self._limit = settings.chunk_events_max
+        self._bootstrapped = not settings.require_bootstrap
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._ready = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.ledger.start()
+        await self._resume()
+        self._started = True
+        self._task = asyncio.create_task(self._run(), name="shadow-applier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.ledger.stop()
+        self._started = False
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    async def _resume(self) -> None:
+        """Start after the last committed group: in-memory state is rebuilt from the stream."""
+        self._done = {
+            p: await self.stream.offset(COMPARE_CONSUMER, p) for p in range(self.partitions)
+        }
+        self._cursor = min(self._done.values(), default=0)
+        self._pending.clear()
+        self._seen.clear()
+        self._limit = self.settings.chunk_events_max
+        if not self._bootstrapped:
+            self._bootstrapped = await self.comparisons.bootstrapped()
+        await self._warm()
+
+    async def _warm(self) -> None:
+        """Remember the movements just before the resume point, as if never stopped: they
+        explain differences by order for the exchanges right after it."""
+        self._recent.clear()
+        start = max(0, self._cursor - WARM_EVENTS)
+        events = await self.stream.read(start, self._cursor - start)
+        intents = {e.record.request_id: e for e in events if e.record.kind is RecordKind.INTENT}
+        for event in events:
+            if event.record.kind is not RecordKind.OUTCOME or event.record.route == BOOTSTRAP_ROUTE:
+                continue
+            item = _Item(intents.get(event.record.request_id), event)
+            if item.intent is None:
+                continue
+            item.exchange = exchange_of(item.intent.record, event.record)
+            matched = self.routes.match(item.exchange.method, item.exchange.path)
+            if matched is None or legacy_side(matched.route, item.exchange)[0] is not (
+                SideStatus.ACCEPTED
+            ):
+                continue
+            try:
+                request = to_ledger(matched, item.exchange, self.routes.currencies)
+            except InvalidCommand:
+                continue
+            for account, effect in effects(request).items():
+                recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
+                recent.append((item.span, effect))
+
+    async def _run(self) -> None:
+        idle = self.settings.idle_poll_ms / 1000
+        backoff = idle
+        while True:
+            try:
+                applied = await self.apply_once()
+            except ShadowMismatch:
+                raise
+            except SidecarError as exc:
+                self.stats.retries += 1
+                log.warning(
+                    "shadow applier: group not applied, reading it again",
+                    extra={"event": "applier_retry", "code": exc.code, "error": exc.message},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                await self._resume()
+                continue
+            backoff = idle
+            if applied == 0:
+                await asyncio.sleep(idle)
+
+    async def catch_up(self, head: int | None = None, timeout_s: float = 60.0) -> None:
+        """Apply until the cursor reaches ``head`` (the stream's head now, if None)."""
+        target = await self.stream.head() if head is None else head
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._cursor < target:
+            if self._task is not None:
+                if self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.01)
+            else:
+                await self.apply_once()
+            if loop.time() > deadline:
+                waiting = next(iter(self._pending.values()), None)
+                raise TimeoutError(
+                    f"the applier is at {self._cursor}, behind {target}; oldest unanswered "
+                    f"intent: {waiting.seq if waiting else None}; reading {self._limit} events"
+                )
+
+    # --- one group -----------------------------------------------------------------------
+
+    async def apply_once(self) -> int:
+        """Read, apply, compare and record one group; returns how many events it consumed."""
+        events = await self.stream.read(self._cursor, self._limit)
+        if not events:
+            return 0
+        items = await self._pair(events)
+        # An exchange is applied only once every exchange that overlapped it is answered,
+        # so that serialise() sees them together; the rest waits for the next group.
+        cutoff = self._cutoff(events[-1].seq)
+        held = [i for i in items if i.outcome.seq >= cutoff]
+        if held:  # read again next time (their intents are looked up by request id)
+            items = [i for i in items if i.outcome.seq < cutoff]
+            if cutoff - 1 <= self._cursor:
+                if len(events) == self._limit:  # the answer is further on: read further
+                    self._limit = min(self._limit * 2, READ_EVENTS_MAX)
+                return 0
+        self._limit = self.settings.chunk_events_max
+        for item in items:
+            self._understand(item)
+        pendings = [Pending(i.span, i.legacy_status, i.request) for i in items]
+        ordered = [items[i] for i in serialise(pendings)]
+        await self._apply(ordered)
+        self._compare(ordered)
+        last = min(events[-1].seq, cutoff - 1)
+        records = [i.record for i in ordered if i.record is not None]
+        checkpoints = [Checkpoint(COMPARE_CONSUMER, p, last) for p in range(self.partitions)]
+        await self.comparisons.record(records, checkpoints)
+        self._cursor = last
+        for p in range(self.partitions):
+            self._done[p] = max(self._done.get(p, 0), last)
+        self._remember(ordered)
+        self._count(records, last)
+        if self.settings.strict:
+            for record in records:
+                if record.comparison.outcome is Outcome.MISMATCH:
+                    raise ShadowMismatch(
+                        f"request {record.request_id} ({record.route}): "
+                        f"{', '.join(sorted(k.value for k in record.comparison.kinds))}",
+                        record,
+                    )
+        return sum(1 for e in events if e.seq <= last)
+
+    def _cutoff(self, last_seq: int) -> int:
+        """The first seq not yet safe to apply: the oldest intent still unanswered (one
+        unanswered for longer than the in-doubt age no longer holds anything back)."""
+        now = asyncio.get_running_loop().time()
+        patience = self.settings.in_doubt_after_s
+        cutoff = last_seq + 1
+        for request_id, intent in self._pending.items():
+            if now - self._seen.get(request_id, now) < patience:
+                cutoff = min(cutoff, intent.seq)
+                break  # the dict keeps stream order: the first one is the oldest
+        return cutoff
+
+    async def _pair(self, events: Sequence[MirrorEvent]) -> list[_Item]:
+        items: list[_Item] = []
+        for event in events:
+            record = event.record
+            if record.kind is RecordKind.INTENT:
+                self._pending[record.request_id] = event
+                self._seen.setdefault(record.request_id, asyncio.get_running_loop().time())
+                if len(self._pending) > PENDING_INTENTS_MAX:
+                    gone, _ = self._pending.popitem(last=False)  # fetched again if needed
+                    self._seen.pop(gone, None)
+                continue
+            if event.seq <= self._done.get(record.partition, 0):
+                self._pending.pop(record.request_id, None)  # compared before a restart
+                self._seen.pop(record.request_id, None)
+                continue
+            self._seen.pop(record.request_id, None)
+            items.append(_Item(self._pending.pop(record.request_id, None), event))
+        missing = [i.request_id for i in items if i.intent is None]
+        if missing:
+            found = await self.stream.intents(missing)
+            for item in items:
+                if item.intent is None:
+                    item.intent = found.get(item.request_id)
+        return items
+
+    def _understand(self, item: _Item) -> None:
+        """What the exchange was and what the legacy service did, and its ledger command."""
+        if item.intent is None:
+            item.skip = "the request's intent was not captured"
+            return
+        item.exchange = exchange_of(item.intent.record, item.outcome.record)
+        resolution = item.outcome.record.content.get("in_doubt")
+        if resolution in ("read", "not_processed"):
+            item.skip = f"in doubt, resolved: {resolution}"
+            return
+        if item.outcome.record.route == BOOTSTRAP_ROUTE:
+            self._understand_bootstrap(item)
+            return
+        if not self._bootstrapped:
+            item.skip = "before the bootstrap snapshot: the snapshot holds its effect"
+            return
+        matched = self.routes.match(item.exchange.method, item.exchange.path)
+        if matched is None or matched.route.name != item.outcome.record.route:
+            item.skip = (
+                f"no route of the mapping matches {item.exchange.method} {item.exchange.path}"
+            )
+            return
+        item.matched = matched
+        legacy_status, code = _legacy_status(matched, item.exchange)
+        item.legacy_status, item.legacy_code = legacy_status, code
+        if legacy_status is SideStatus.ERROR:
+            return  # nothing to apply: the legacy service did not decide
+        try:
+            item.request = to_ledger(matched, item.exchange, self.routes.currencies)
+        except InvalidCommand as exc:
+            if legacy_status is SideStatus.ACCEPTED:
+                item.skip = f"accepted by legacy, but not a ledger command: {exc.message}"
+            else:
+                item.skip = f"refused by legacy and not a ledger command: {exc.message}"
+
+    def _understand_bootstrap(self, item: _Item) -> None:
+        assert item.exchange is not None
+        if item.exchange.status != 200:
+            item.skip = f"the bootstrap snapshot failed (status {item.exchange.status})"
+            return
+        try:
+            item.opening = opening_commands(item.exchange.answer, self.routes.currencies)
+        except InvalidCommand as exc:
+            item.skip = f"the bootstrap snapshot is malformed: {exc.message}"
+            return
+        item.legacy_status = SideStatus.ACCEPTED
+        self._bootstrapped = True
+
+    async def _apply(self, ordered: Sequence[_Item]) -> None:
+        """Submit every command in order, then read balances where the stream position says."""
+        head = (await self.store.head()).seq
+        futures: list[tuple[_Item, asyncio.Future[Result]]] = []
+        reads: list[_Item] = []
+        openings: list[tuple[_Item, list[asyncio.Future[Result]]]] = []
+        for item in ordered:
+            if item.opening:
+                checkpoint = Checkpoint(
+                    LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
+                )
+                submit = self.ledger.writers[0].submit
+                openings.append((item, [submit(c, checkpoint) for c in item.opening]))
+                continue
+            if item.request is None:
+                continue
+            if isinstance(item.request, BalanceRead):
+                reads.append(item)
+                continue
+            command: Command = item.request
+            checkpoint = Checkpoint(
+                LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
+            )
+            futures.append((item, self.ledger.writers[0].submit(command, checkpoint)))
+        transient: SidecarError | None = None
+        for item, future in futures:
+            try:
+                item.result = await future
+            except SidecarError as exc:
+                if exc.retryable or isinstance(exc, LedgerBusy):
+                    transient = transient or exc
+                item.result = exc
+        for item, opened in openings:
+            results = await asyncio.gather(*opened, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            for error in failed:
+                if isinstance(error, SidecarError) and (
+                    error.retryable or isinstance(error, LedgerBusy)
+                ):
+                    transient = transient or error
+            item.result = next(
+                (r for r in failed if isinstance(r, SidecarError)),
+                next((r for r in reversed(results) if isinstance(r, TransferOutcome)), None),
+            )
+            if failed and not isinstance(item.result, SidecarError):
+                raise failed[0]
+        if transient is not None:
+            raise transient
+        if not reads:
+            return
+        # each read sees the ledger as every exchange applied before it left it
+        position: dict[int, int] = {}
+        running = head
+        for index, item in enumerate(ordered):
+            seq = _seq_of(item.result)
+            if seq is not None:
+                running = max(running, seq)
+            position[index] = running
+        at = {id(item): position[index] for index, item in enumerate(ordered)}
+        balances = await asyncio.gather(
+            *(
+                self.store.balance(r.request.account_id, at[id(r)])  # type: ignore[union-attr]
+                for r in reads
+            )
+        )
+        for item, balance in zip(reads, balances, strict=True):
+            item.result = balance
+
+    def _compare(self, ordered: Sequence[_Item]) -> None:
+        for index, item in enumerate(ordered):
+            item.record = self._comparison(item, ordered, index)
+
+    def _comparison(self, item: _Item, ordered: Sequence[_Item], index: int) -> ComparisonRecord:
+        route = item.matched.route if item.matched is not None else None
+        account = _account_of(item)
+        if item.opening and item.skip is None:
+            opened = len([c for c in item.opening if isinstance(c, OpenAccount)])
+            comparison = (
+                Comparison(Outcome.LEDGER_ERROR, detail=f"bootstrap: {item.result.message}")
+                if isinstance(item.result, SidecarError)
+                else Comparison(Outcome.MATCH, detail=f"bootstrap: {opened} accounts opened")
+            )
+        elif item.skip is not None or route is None or item.exchange is None:
+            comparison = Comparison(Outcome.SKIPPED, detail=item.skip)
+        else:
+            legacy = legacy_result(
+                route,
+                item.exchange,
+                item.matched.path_params if item.matched else {},
+                rejection_outcome(route, item.legacy_code),
+            )
+            if item.legacy_status is SideStatus.ERROR:
+                comparison = Comparison(Outcome.LEGACY_ERROR, detail=legacy.error)
+            else:
+                ledger = ledger_result(item.request, item.result, item.legacy_status)  # type: ignore[arg-type]
+                # compare only what the legacy side can say: a field the route does not map
+                # (or a rejection reason the mapping does not know) is not a difference
+                said = {k for k in ledger.fields if k in legacy.fields or k in route.result}
+                said |= {k for k in ledger.fields if k in route.fields and k != "rejection"}
+                if said != set(ledger.fields):
+                    ledger = replace(
+                        ledger, fields={k: v for k, v in ledger.fields.items() if k in said}
+                    )
+                comparison = compare(
+                    {**DEFAULT_RULES, **route.compare},
+                    legacy,
+                    ledger,
+                    amount_format=route.amount_format,
+                    exponents=self.routes.currencies,
+                )
+                if comparison.outcome is Outcome.MISMATCH and account is not None:
+                    before, after = self._overlapping(item, ordered, index, account)
+                    if explained_by_order(comparison, before, after):
+                        comparison = order_dependent(comparison)
+        return ComparisonRecord(
+            request_id=item.request_id,
+            seq=item.outcome.seq,
+            intent_seq=item.span.intent_seq,
+            partition=item.outcome.record.partition,
+            route=item.outcome.record.route or "",
+            operation=(
+                "bootstrap" if item.opening else route.operation.value if route else "unknown"
+            ),
+            comparison=comparison,
+            account_id=account,
+            ledger_seq=_seq_of(item.result),
+            trace_id=item.outcome.record.trace_id
+            or (item.intent.record.trace_id if item.intent else None),
+        )
+
+    def _overlapping(
+        self, item: _Item, ordered: Sequence[_Item], index: int, account: str
+    ) -> tuple[list[int], list[int]]:
+        """Balance effects on ``account`` of exchanges overlapping ``item``: those the ledger
+        applied before it and those it applies after (or whose answer is still to come)."""
+        span = item.span
+        before = [e for s, e in self._recent.get(account, ()) if s.overlaps(span)]
+        after: list[int] = []
+        for other_index, other in enumerate(ordered):
+            if other is item or not other.span.overlaps(span):
+                continue
+            effect = _applied_effect(other).get(account, 0)
+            (before if other_index < index else after).append(effect)
+        for request_id, intent in reversed(self._pending.items()):
+            if intent.seq >= span.outcome_seq:
+                continue
+            if intent.seq < span.intent_seq - 10 * self.settings.chunk_events_max:
+                break
+            request = self._translate_intent(intent)
+            effect = effects(request).get(account, 0)
+            if effect:
+                after.append(effect)
+            del request_id
+        return before, after
+
+    def _translate_intent(self, intent: MirrorEvent) -> LedgerRequest | None:
+        exchange = exchange_of(intent.record, None)
+        matched = self.routes.match(exchange.method, exchange.path)
+        if matched is None:
+            return None
+        try:
+            return to_ledger(matched, exchange, self.routes.currencies)
+        except InvalidCommand:
+            return None
+
+    def _remember(self, ordered: Sequence[_Item]) -> None:
+        for item in ordered:
+            for account, effect in _applied_effect(item).items():
+                recent = self._recent.get(account)
+                if recent is None:
+                    recent = self._recent[account] = deque(maxlen=RECENT_PER_ACCOUNT)
+                recent.append((item.span, effect))
+        if len(self._recent) > PENDING_INTENTS_MAX:
+            self._recent.clear()
+
+    def _count(self, records: Sequence[ComparisonRecord], last: int) -> None:
+        stats = self.stats
+        stats.groups += 1
+        stats.compared += len(records)
+        stats.last_seq = last
+        for record in records:
+            outcome = record.comparison.outcome.value
+            stats.by_outcome[outcome] = stats.by_outcome.get(outcome, 0) + 1
+            for kind in record.comparison.kinds:
+                stats.by_kind[kind.value] = stats.by_kind.get(kind.value, 0) + 1
+            if record.comparison.outcome is Outcome.MISMATCH:
+                log.warning(
+                    "divergence",
+                    extra={
+                        "event": "divergence",
+                        "operation": record.operation,
+                        "route": record.route,
+                        "account_id": record.account_id,
+                        "divergence_kind": ",".join(
+                            sorted(k.value for k in record.comparison.kinds)
+                        ),
+                        "stream_offset": record.seq,
+                        "differences": record.document()["differences"],
+                        "trace_id": record.trace_id,
+                    },
+                )
+
+
+def _legacy_status(matched: MatchedRoute, exchange: Exchange) -> tuple[SideStatus, str | None]:
+    return legacy_side(matched.route, exchange)
+
+
+def _seq_of(result: Result | int | None) -> int | None:
+    if isinstance(result, TransferOutcome | AccountOutcome) and not getattr(
+        result, "replayed", False
+    ):
+        return result.seq
+    return None
+
+
+def _applied_effect(item: _Item) -> dict[str, int]:
+    if isinstance(item.result, TransferOutcome) and item.result.posted:
+        return effects(item.request)
+    return {}
+
+
+def _account_of(item: _Item) -> str | None:
+    request = item.request
+    if isinstance(request, BalanceRead):
+        return request.account_id
+    debit = debit_account(request)
+    if debit is not None:
+        return debit
+    if isinstance(item.result, TransferOutcome) and item.result.postings:
+        # a reversal: the account it takes money from
+        return next((p.account_id for p in item.result.postings if p.amount_minor > 0), None)
+    if isinstance(item.result, AccountOutcome):
+        return item.result.account_id
+    if request is not None and hasattr(request, "account"):
+        return str(request.account.id)
+    return None
+
+
+__all__ = ["COMPARE_CONSUMER", "LEDGER_CONSUMER", "Applier", "ApplierStats", "DivergenceKind"]

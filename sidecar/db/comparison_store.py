@@ -1,0 +1,101 @@
+"""PostgreSQL store of the shadow comparisons (migrations/0004_comparisons.sql).
+
+``record`` is one statement, ``SELECT record_comparisons(...)``: a group of comparisons and the
+comparing consumer's offsets commit together, or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from sidecar.db.connect import pooled
+from sidecar.domain.mirror import Checkpoint
+from sidecar.domain.shadow import ComparisonRecord
+
+RECORD = "SELECT record_comparisons($1::jsonb, $2::text[], $3::integer[], $4::bigint[])"
+DIVERGENCES = """
+SELECT request_id, seq, intent_seq, partition, route, operation, outcome, kinds, monetary,
+       account_id, differences::text AS differences, at_risk::text AS at_risk, ledger_seq,
+       trace_id, detail, compared_at
+FROM comparisons
+WHERE outcome = 'mismatch' AND ($1::text IS NULL OR account_id = $1) AND seq > $2
+ORDER BY seq LIMIT $3
+"""
+COUNTS = """
+SELECT outcome, kinds, monetary, count(*) AS n FROM comparisons GROUP BY 1, 2, 3
+"""
+BOOTSTRAPPED = (
+    "SELECT EXISTS (SELECT 1 FROM comparisons WHERE operation = 'bootstrap' AND outcome = 'match')"
+)
+
+
+@dataclass
+class ComparisonCounts:
+    total: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    monetary: int = 0
+
+
+def divergence_from_row(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["differences"] = orjson.loads(row["differences"])
+    out["at_risk"] = orjson.loads(row["at_risk"])
+    out["kinds"] = list(row["kinds"])
+    out["compared_at"] = row["compared_at"].isoformat()
+    return out
+
+
+class PostgresComparisonStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record(
+        self, records: Sequence[ComparisonRecord], checkpoints: Sequence[Checkpoint] = ()
+    ) -> int:
+        """Store ``records`` and move ``checkpoints`` in one transaction; returns how many
+        records were new."""
+        if not records and not checkpoints:
+            return 0
+        rows = orjson.dumps([r.document() for r in records]).decode()
+        async with pooled(self._pool) as conn:
+            added: int = await conn.fetchval(
+                RECORD,
+                rows,
+                [c.consumer for c in checkpoints],
+                [c.partition for c in checkpoints],
+                [c.seq for c in checkpoints],
+            )
+        return added
+
+    async def divergences(
+        self, account_id: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        async with pooled(self._pool) as conn:
+            rows = await conn.fetch(DIVERGENCES, account_id, after_seq, limit)
+        return [divergence_from_row(r) for r in rows]
+
+    async def bootstrapped(self) -> bool:
+        """Whether a bootstrap snapshot has been applied (and its comparison recorded)."""
+        async with pooled(self._pool) as conn:
+            done: bool = await conn.fetchval(BOOTSTRAPPED)
+        return done
+
+    async def counts(self) -> ComparisonCounts:
+        counts = ComparisonCounts()
+        async with pooled(self._pool) as conn:
+            for row in await conn.fetch(COUNTS):
+                n = row["n"]
+                counts.total += n
+                counts.by_outcome[row["outcome"]] += n
+                for kind in row["kinds"]:
+                    counts.by_kind[kind] += n
+                if row["monetary"]:
+                    counts.monetary += n
+        return counts

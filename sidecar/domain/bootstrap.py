@@ -1,0 +1,102 @@
+"""Opening a live legacy system's accounts in the ledger: a snapshot in, ledger commands out.
+
+A bootstrap snapshot lists every legacy account with its currency, balance and overdraft
+limit, taken at one instant (the demo legacy service's ``GET /v1/accounts``, or a file export
+in the same shape). ``opening_commands`` turns it into ``OpenAccount`` commands and one opening
+transfer per account with money, against a migration account per currency, so that the
+ledger holds what the legacy service held at that instant. No I/O.
+
+Snapshot shape (JSON)::
+
+    {"accounts": [{"account_number": "CUST-1", "currency": "EUR", "balance": "10.50",
+                   "overdraft_limit": "0.00"}]}     # overdraft_limit null: no floor
+
+Guarantees (tests/unit/test_bootstrap.py):
+- Balances are exact: a value with more decimals than its currency has is refused, never
+  rounded; the opening entries sum to zero per currency with the migration account.
+- Commands are idempotent: the opening transfer's key is the account's, so a bootstrap
+  redone after a crash replays instead of opening money twice.
+- A malformed snapshot raises ``InvalidCommand`` naming the account and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.domain.comparison import legacy_decimal
+from sidecar.domain.ledger import Account, Command, NormalSide, OpenAccount, Transfer
+from sidecar.domain.mapping import AmountFormat
+from sidecar.domain.money import Currency
+from sidecar.errors import InvalidAmount, InvalidCommand
+
+#: the stream route name of a bootstrap snapshot (no legacy route has a name with brackets)
+BOOTSTRAP_ROUTE = "[bootstrap]"
+MIGRATION_PREFIX = "MIGRATION-"
+
+
+def migration_account(currency: Currency) -> Account:
+    """Where opening balances come from: debit-normal, no floor (it holds minus the total)."""
+    return Account(MIGRATION_PREFIX + currency.code, currency, NormalSide.DEBIT, None)
+
+
+def snapshot_accounts(document: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(document, Mapping) or not isinstance(document.get("accounts"), list):
+        raise InvalidCommand('a bootstrap snapshot is {"accounts": [...]}')
+    rows: list[Mapping[str, Any]] = document["accounts"]
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise InvalidCommand(f"bootstrap snapshot: accounts[{i}] is not an object")
+    return rows
+
+
+def opening_commands(document: Any, currencies: Mapping[str, int]) -> list[Command]:
+    """The commands that open every account of the snapshot with its balance."""
+    commands: list[Command] = []
+    migrations: set[str] = set()
+    for i, row in enumerate(snapshot_accounts(document)):
+        number = row.get("account_number")
+        where = f"bootstrap snapshot: accounts[{i}] ({number!r})"
+        code = row.get("currency")
+        if not isinstance(number, str) or not number:
+            raise InvalidCommand(f"{where}: account_number is missing")
+        if code not in currencies:
+            raise InvalidCommand(f"{where}: currency {code!r} is not in the mapping")
+        currency = Currency(str(code), currencies[str(code)])
+        balance = _minor(row.get("balance"), currency, f"{where}: balance")
+        limit_raw = row.get("overdraft_limit")
+        limit = None if limit_raw is None else _minor(limit_raw, currency, f"{where}: limit")
+        if limit is not None and limit < 0:
+            raise InvalidCommand(f"{where}: overdraft_limit is negative")
+        if currency.code not in migrations:
+            commands.append(OpenAccount(migration_account(currency)))
+            migrations.add(currency.code)
+        commands.append(OpenAccount(Account(number, currency, NormalSide.CREDIT, limit)))
+        if balance == 0:
+            continue
+        migration = MIGRATION_PREFIX + currency.code
+        debit, credit = (migration, number) if balance > 0 else (number, migration)
+        commands.append(
+            Transfer.between(
+                f"bootstrap:{number}"[:128],
+                debit=debit,
+                credit=credit,
+                amount_minor=abs(balance),
+                currency=currency.code,
+                metadata={"route": BOOTSTRAP_ROUTE},
+            )
+        )
+    return commands
+
+
+def _minor(value: Any, currency: Currency, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        exact = legacy_decimal(value, AmountFormat.DECIMAL, currency.exponent)
+    except InvalidAmount as exc:
+        raise InvalidCommand(f"{where}: {exc.message}") from None
+    minor = exact.scaleb(currency.exponent)
+    if minor != minor.to_integral_value():
+        raise InvalidCommand(f"{where}: {value!r} has more decimals than {currency.code} has")
+    return int(minor)
