@@ -30,15 +30,23 @@ from dataclasses import dataclass, field, replace
 
 from sidecar.config import ApplierSettings, LedgerSettings
 from sidecar.db.comparison_store import PostgresComparisonStore
-from sidecar.domain.bootstrap import BOOTSTRAP_ROUTE, opening_commands
+from sidecar.domain.bootstrap import (
+    BOOTSTRAP_ROUTE,
+    migration_account,
+    opening_commands,
+    opening_for,
+    plan_accounts,
+    stand_in,
+)
 from sidecar.domain.comparison import (
     Comparison,
     DivergenceKind,
     Outcome,
     SideStatus,
     compare,
+    legacy_decimal,
 )
-from sidecar.domain.ledger import Command, OpenAccount, Result
+from sidecar.domain.ledger import Account, Command, OpenAccount, Result, Reversal, Transfer
 from sidecar.domain.mapping import CompareKind, CompareRule, MatchedRoute, RouteTable
 from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
@@ -46,6 +54,7 @@ from sidecar.domain.shadow import (
     ComparisonRecord,
     Pending,
     Span,
+    body_of,
     debit_account,
     effects,
     exchange_of,
@@ -63,7 +72,13 @@ from sidecar.domain.translate import (
     rejection_outcome,
     to_ledger,
 )
-from sidecar.errors import InvalidCommand, LedgerBusy, ShadowMismatch, SidecarError
+from sidecar.errors import (
+    InvalidAmount,
+    InvalidCommand,
+    LedgerBusy,
+    ShadowMismatch,
+    SidecarError,
+)
 from sidecar.ports import LedgerStore, MirrorLog
 from sidecar.posting import Ledger
 
@@ -75,6 +90,7 @@ COMPARE_CONSUMER = "compare"
 RECENT_PER_ACCOUNT = 32
 PENDING_INTENTS_MAX = 100_000
 READ_EVENTS_MAX = 200_000
+HOLD_IN_DOUBT_FACTOR = 4
 #: events before the resume point read again to remember recent movements per account
 WARM_EVENTS = 4000
 DEFAULT_RULES = {"rejection": CompareRule(CompareKind.EXACT)}
@@ -102,13 +118,24 @@ class _Item:
     legacy_status: SideStatus = SideStatus.ERROR
     legacy_code: str | None = None
     skip: str | None = None
-    opening: list[Command] = field(default_factory=list)  # a bootstrap snapshot's commands
+    bootstrap: str | None = None  # "plan", "read" or "snapshot" for a bootstrap exchange
+    plan: dict[str, Account] = field(default_factory=dict)  # a plan's accounts
+    opening: list[Command] = field(default_factory=list)  # what a bootstrap exchange opens
+    command: Command | None = None  # what is posted: the request, or its stand-in
     result: Result | int | None = None
     record: ComparisonRecord | None = None
 
     @property
     def span(self) -> Span:
         start = self.intent.seq if self.intent is not None else self.outcome.seq
+        content = self.outcome.record.content
+        if self.intent is not None and (
+            "in_doubt" in content or self.intent.record.content.get("bootstrap") == "plan"
+        ):
+            # an answer learned late (in doubt), or a listing whose instant is unknown within
+            # its span: placed right after its intent, before anything that overlapped it,
+            # whose outcome is then read against it
+            return Span(start, start + 1)
         return Span(start, self.outcome.seq)
 
     @property
@@ -142,7 +169,10 @@ class Applier:
         self._recent: dict[str, deque[tuple[Span, int]]] = {}  # account -> (span, effect)
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
+        self._ledger_position = 0  # the ledger seq the last compared group left
         self._bootstrapped = not settings.require_bootstrap
+        self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
+        self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._ready = asyncio.Event()
@@ -177,9 +207,24 @@ class Applier:
         self._pending.clear()
         self._seen.clear()
         self._limit = self.settings.chunk_events_max
-        if not self._bootstrapped:
-            self._bootstrapped = await self.comparisons.bootstrapped()
+        self._ledger_position = await self.comparisons.ledger_position()
+        await self._restore_bootstrap()
         await self._warm()
+
+    async def _restore_bootstrap(self) -> None:
+        """The bootstrap state as of the resume point: from the recorded comparisons, which
+        commit with the offset (the ledger may hold a little more, replayed by key)."""
+        state = await self.comparisons.bootstrap_state()
+        if state.plan_request_id is None:
+            self._bootstrapped = not self.settings.require_bootstrap or state.snapshot
+            return
+        self._bootstrapped = True
+        found = await self.stream.outcomes([state.plan_request_id])
+        outcome = found.get(state.plan_request_id)
+        if outcome is None:  # pragma: no cover - a recorded plan is in the stream
+            return
+        self._planned = plan_accounts(body_of(outcome.record.content), self.routes.currencies)
+        self._awaiting = {k: v for k, v in self._planned.items() if k not in state.opened}
 
     async def _warm(self) -> None:
         """Remember the movements just before the resume point, as if never stopped: they
@@ -268,6 +313,7 @@ class Applier:
                     self._limit = min(self._limit * 2, READ_EVENTS_MAX)
                 return 0
         self._limit = self.settings.chunk_events_max
+        items.sort(key=lambda i: i.span.outcome_seq)
         for item in items:
             self._understand(item)
         pendings = [Pending(i.span, i.legacy_status, i.request) for i in items]
@@ -281,6 +327,10 @@ class Applier:
         self._cursor = last
         for p in range(self.partitions):
             self._done[p] = max(self._done.get(p, 0), last)
+        for item in ordered:
+            seq = _place_of(item.result)
+            if seq is not None:
+                self._ledger_position = max(self._ledger_position, seq)
         self._remember(ordered)
         self._count(records, last)
         if self.settings.strict:
@@ -297,7 +347,9 @@ class Applier:
         """The first seq not yet safe to apply: the oldest intent still unanswered (one
         unanswered for longer than the in-doubt age no longer holds anything back)."""
         now = asyncio.get_running_loop().time()
-        patience = self.settings.in_doubt_after_s
+        # the in-doubt resolver answers after in_doubt_after_s; past a few times that, with
+        # no resolver running, the applier goes on without the answer
+        patience = HOLD_IN_DOUBT_FACTOR * self.settings.in_doubt_after_s
         cutoff = last_seq + 1
         for request_id, intent in self._pending.items():
             if now - self._seen.get(request_id, now) < patience:
@@ -337,7 +389,7 @@ class Applier:
             return
         item.exchange = exchange_of(item.intent.record, item.outcome.record)
         resolution = item.outcome.record.content.get("in_doubt")
-        if resolution in ("read", "not_processed"):
+        if resolution in ("read", "not_processed", "unresolvable"):
             item.skip = f"in doubt, resolved: {resolution}"
             return
         if item.outcome.record.route == BOOTSTRAP_ROUTE:
@@ -367,41 +419,135 @@ class Applier:
 
     def _understand_bootstrap(self, item: _Item) -> None:
         assert item.exchange is not None
-        if item.exchange.status != 200:
-            item.skip = f"the bootstrap snapshot failed (status {item.exchange.status})"
-            return
-        try:
-            item.opening = opening_commands(item.exchange.answer, self.routes.currencies)
-        except InvalidCommand as exc:
-            item.skip = f"the bootstrap snapshot is malformed: {exc.message}"
-            return
+        assert item.intent is not None
+        kind = item.intent.record.content.get("bootstrap", "snapshot")
+        item.bootstrap = str(kind)
         item.legacy_status = SideStatus.ACCEPTED
-        self._bootstrapped = True
+        try:
+            if kind == "plan":
+                item.plan = plan_accounts(item.exchange.answer, self.routes.currencies)
+                self._bootstrapped = True
+            elif kind == "read":
+                matched = self.routes.match(item.exchange.method, item.exchange.path)
+                if matched is None or item.exchange.status != 200:
+                    item.skip = f"bootstrap read failed (status {item.exchange.status})"
+                    return
+                item.matched = matched
+                item.request = to_ledger(matched, item.exchange, self.routes.currencies)
+            else:
+                if item.exchange.status != 200:
+                    item.skip = f"the bootstrap snapshot failed (status {item.exchange.status})"
+                    return
+                item.opening = opening_commands(item.exchange.answer, self.routes.currencies)
+                self._bootstrapped = True
+        except InvalidCommand as exc:
+            item.skip = f"bootstrap {kind}: {exc.message}"
+
+    def _stand_in(self, ordered: Sequence[_Item]) -> None:
+        """Decide, in order, what each exchange posts while accounts await their bootstrap
+        read: opening commands at a clean read, the migration account standing in for an
+        account not yet opened, nothing for a movement the snapshot already holds."""
+        for index, item in enumerate(ordered):
+            if item.skip is not None:
+                continue
+            if item.bootstrap == "plan":
+                currencies = {a.currency.code: a.currency for a in item.plan.values()}
+                item.opening = [
+                    OpenAccount(migration_account(currencies[code])) for code in sorted(currencies)
+                ]
+                self._planned.update(item.plan)
+                self._awaiting.update(item.plan)
+                continue
+            if item.bootstrap == "read":
+                assert isinstance(item.request, BalanceRead)
+                account = item.request.account_id
+                if account not in self._awaiting:
+                    item.bootstrap = None  # opened already: an ordinary balance comparison
+                    continue
+                if self._moved_during(item, ordered, index, account):
+                    item.skip = f"bootstrap read of {account} overlapped a movement: re-read"
+                    continue
+                balance = self._read_balance(item)
+                if balance is None:
+                    item.skip = f"bootstrap read of {account}: no readable balance"
+                    continue
+                item.opening = opening_for(self._awaiting.pop(account), balance)
+                continue
+            request = item.request
+            if request is None or item.bootstrap is not None:
+                continue
+            touched = _accounts_of(request)
+            if not touched & self._awaiting.keys():
+                item.command = request if not isinstance(request, BalanceRead) else None
+                continue
+            if not isinstance(request, Transfer) or item.legacy_status is not SideStatus.ACCEPTED:
+                item.skip = "touches an account awaiting its bootstrap read"
+                continue
+            stood_in = stand_in(request, self._awaiting)
+            if stood_in is None:
+                item.skip = "every account it moves awaits its bootstrap read, which holds it"
+                continue
+            item.command = stood_in
+
+    def _moved_during(
+        self, read: _Item, ordered: Sequence[_Item], index: int, account: str
+    ) -> bool:
+        """Whether money may have moved on ``account`` while it was being read: then the read
+        may or may not hold that movement, and is not used."""
+        span = read.span
+        for other in ordered:
+            if other is read or not other.span.overlaps(span):
+                continue
+            if other.legacy_status is not SideStatus.ACCEPTED or other.request is None:
+                continue
+            if isinstance(other.request, Reversal) or account in effects(other.request):
+                return True
+        if any(s.overlaps(span) for s, _ in self._recent.get(account, ())):
+            return True
+        for intent in self._pending.values():
+            if intent.seq >= span.outcome_seq:
+                break
+            request = self._translate_intent(intent)
+            if isinstance(request, Reversal) or account in effects(request):
+                return True
+        return False
+
+    def _read_balance(self, item: _Item) -> int | None:
+        assert item.matched is not None
+        assert item.exchange is not None
+        route = item.matched.route
+        side = legacy_result(route, item.exchange, item.matched.path_params, None)
+        value = side.fields.get("balance")
+        currency = self.routes.currencies.get(side.currency or "", None)
+        if value is None or currency is None:
+            return None
+        try:
+            exact = legacy_decimal(value, route.amount_format, currency).scaleb(currency)
+        except InvalidAmount:
+            return None
+        return int(exact) if exact == exact.to_integral_value() else None
 
     async def _apply(self, ordered: Sequence[_Item]) -> None:
         """Submit every command in order, then read balances where the stream position says."""
-        head = (await self.store.head()).seq
         futures: list[tuple[_Item, asyncio.Future[Result]]] = []
         reads: list[_Item] = []
         openings: list[tuple[_Item, list[asyncio.Future[Result]]]] = []
+        self._stand_in(ordered)
         for item in ordered:
+            checkpoint = Checkpoint(
+                LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
+            )
             if item.opening:
-                checkpoint = Checkpoint(
-                    LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
-                )
                 submit = self.ledger.writers[0].submit
                 openings.append((item, [submit(c, checkpoint) for c in item.opening]))
                 continue
-            if item.request is None:
+            if item.skip is not None or item.request is None:
                 continue
             if isinstance(item.request, BalanceRead):
                 reads.append(item)
                 continue
-            command: Command = item.request
-            checkpoint = Checkpoint(
-                LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
-            )
-            futures.append((item, self.ledger.writers[0].submit(command, checkpoint)))
+            if item.command is not None:
+                futures.append((item, self.ledger.writers[0].submit(item.command, checkpoint)))
         transient: SidecarError | None = None
         for item, future in futures:
             try:
@@ -428,11 +574,13 @@ class Applier:
             raise transient
         if not reads:
             return
-        # each read sees the ledger as every exchange applied before it left it
+        # each read sees the ledger as every exchange applied before it left it; a write
+        # redone after a crash is a replay and keeps its first seq, which is its place
         position: dict[int, int] = {}
-        running = head
+        running = self._ledger_position
         for index, item in enumerate(ordered):
-            seq = _seq_of(item.result)
+            position[index] = running
+            seq = _place_of(item.result)
             if seq is not None:
                 running = max(running, seq)
             position[index] = running
@@ -453,12 +601,14 @@ class Applier:
     def _comparison(self, item: _Item, ordered: Sequence[_Item], index: int) -> ComparisonRecord:
         route = item.matched.route if item.matched is not None else None
         account = _account_of(item)
-        if item.opening and item.skip is None:
-            opened = len([c for c in item.opening if isinstance(c, OpenAccount)])
+        if item.bootstrap is not None and item.skip is None:
+            opened = [c.account.id for c in item.opening if isinstance(c, OpenAccount)]
             comparison = (
                 Comparison(Outcome.LEDGER_ERROR, detail=f"bootstrap: {item.result.message}")
                 if isinstance(item.result, SidecarError)
-                else Comparison(Outcome.MATCH, detail=f"bootstrap: {opened} accounts opened")
+                else Comparison(
+                    Outcome.MATCH, detail=f"bootstrap: opened {', '.join(opened)}"[:500]
+                )
             )
         elif item.skip is not None or route is None or item.exchange is None:
             comparison = Comparison(Outcome.SKIPPED, detail=item.skip)
@@ -499,7 +649,11 @@ class Applier:
             partition=item.outcome.record.partition,
             route=item.outcome.record.route or "",
             operation=(
-                "bootstrap" if item.opening else route.operation.value if route else "unknown"
+                f"bootstrap_{item.bootstrap}"
+                if item.bootstrap is not None
+                else route.operation.value
+                if route
+                else "unknown"
             ),
             comparison=comparison,
             account_id=account,
@@ -593,10 +747,27 @@ def _seq_of(result: Result | int | None) -> int | None:
     return None
 
 
+def _place_of(result: Result | int | None) -> int | None:
+    """The ledger seq that decided a result, a replay's included."""
+    if isinstance(result, TransferOutcome | AccountOutcome):
+        return result.seq
+    return None
+
+
 def _applied_effect(item: _Item) -> dict[str, int]:
     if isinstance(item.result, TransferOutcome) and item.result.posted:
         return effects(item.request)
     return {}
+
+
+def _accounts_of(request: LedgerRequest) -> set[str]:
+    if isinstance(request, Transfer):
+        return {leg.account_id for leg in request.legs}
+    if isinstance(request, BalanceRead):
+        return {request.account_id}
+    if isinstance(request, OpenAccount):
+        return {request.account.id}
+    return set()
 
 
 def _account_of(item: _Item) -> str | None:

@@ -203,23 +203,51 @@ async def _until_signalled() -> None:
 
 
 async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.bootstrap import bootstrap
+    from sidecar.bootstrap import bootstrap, record_snapshot
+    from sidecar.db.comparison_store import PostgresComparisonStore
     from sidecar.db.connect import create_pool
     from sidecar.db.migrate import migrate
     from sidecar.db.mirror_store import PostgresMirrorLog
+    from sidecar.mapping_file import load_route_table
 
-    source = args.source or settings.proxy.legacy_url.rstrip("/") + "/v1/accounts"
+    legacy_url = settings.proxy.legacy_url.rstrip("/")
+    source = args.source or legacy_url + "/v1/accounts"
     await migrate(settings.database)
     pool = await create_pool(settings.database)
     try:
-        report = await bootstrap(PostgresMirrorLog(pool), source)
+        stream = PostgresMirrorLog(pool)
+        if args.snapshot:
+            accounts = await record_snapshot(stream, source)
+            print(f"snapshot of {accounts} accounts from {source} recorded")
+            return 0
+        if settings.proxy.mapping is None:
+            raise ConfigError("proxy.mapping: bootstrap reads balances through the mapping")
+        routes = load_route_table(settings.proxy.mapping)
+        report = await bootstrap(
+            stream,
+            PostgresComparisonStore(pool),
+            routes,
+            legacy_url,
+            source,
+            progress=progress("balances read"),
+        )
     finally:
         await pool.close()
     print(
-        f"bootstrap snapshot of {report.accounts} accounts from {report.source} recorded at "
-        f"stream offsets {report.intent_seq}..{report.outcome_seq}; the applier opens them "
-        "when it gets there"
+        table(
+            ["", "value"],
+            [
+                ["accounts listed", report.accounts],
+                ["opened in the ledger", report.opened],
+                ["balance reads", report.reads],
+                ["read again (a movement overlapped)", report.reread],
+                ["rounds", report.rounds],
+            ],
+        )
     )
+    if report.not_opened:
+        print(f"not opened after {report.rounds} rounds: {', '.join(report.not_opened[:20])}")
+        return 1
     return 0
 
 

@@ -5,8 +5,10 @@ They are never guessed. ``resolve_in_doubt`` asks the legacy service what each o
 answered, through the route's ``lookup`` (a read-only GET by idempotency key that returns the
 original answer, or 404 if the request was never processed), and records that as the outcome,
 marked ``in_doubt``; the applier then applies and compares it like any other. A balance read in
-doubt moved no money: it is closed as such. A request whose route has no lookup stays in doubt,
-listed by ``ledger-sidecar stream status``, for an operator.
+doubt moved no money: it is closed as such. A request whose route has no lookup is closed as
+``unresolvable``, counted by ``ledger-sidecar stream status``, for an operator. The applier
+holds exchanges that overlap a request in doubt until it is resolved, and applies a resolved
+one at its intent's place in the stream.
 
 Guarantees (tests/integration/test_in_doubt.py):
 - Nothing is sent to the legacy service but the lookup GET: a request in doubt is never
@@ -33,6 +35,12 @@ from sidecar.ports import MirrorLog
 
 log = logging.getLogger(__name__)
 
+#: the legacy service could not say now: ask again next time
+RETRY: dict[str, object] = {"retry": True}
+#: nothing can tell what happened (no lookup route, or no key): closed as such, for an
+#: operator; the applier skips it and stream status counts it
+UNRESOLVABLE: dict[str, object] = {"in_doubt": "unresolvable"}
+
 
 @dataclass
 class InDoubtReport:
@@ -57,7 +65,7 @@ async def resolve_in_doubt(
     for intent in await stream.in_doubt(up_to_seq):
         report.found += 1
         outcome = await _resolution(intent, routes, session, legacy_url, timeout_s)
-        if outcome is None:
+        if outcome is RETRY:
             report.unresolved.append(intent.seq)
             continue
         record = MirrorRecord(
@@ -84,16 +92,16 @@ async def _resolution(
     session: aiohttp.ClientSession,
     legacy_url: str,
     timeout_s: float,
-) -> dict[str, object] | None:
+) -> dict[str, object]:
     exchange = exchange_of(intent.record, None)
     matched = routes.match(exchange.method, exchange.path)
     if matched is None:
-        return None
+        return UNRESOLVABLE
     route = matched.route
     if route.operation is Operation.BALANCE:
         return {"in_doubt": "read"}  # a read moved nothing; its answer is gone with it
     if route.lookup is None:
-        return None
+        return UNRESOLVABLE
     values: dict[str, str] = {}
     for name, source in route.fields.items():
         value = extract(
@@ -108,7 +116,7 @@ async def _resolution(
     try:
         path = lookup_path(route, values)
     except KeyError:
-        return None  # the request lacks what the lookup needs (no idempotency key)
+        return UNRESOLVABLE  # the request lacks what the lookup needs (no idempotency key)
     try:
         async with session.get(
             legacy_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)
@@ -116,11 +124,11 @@ async def _resolution(
             body = await answer.text()
             status = answer.status
     except (aiohttp.ClientError, TimeoutError):
-        return None
+        return RETRY
     if status == 404:
         return {"in_doubt": "not_processed"}
     if status >= 500:
-        return None
+        return RETRY
     return {"status": status, "headers": [], "body": body, "in_doubt": "looked_up"}
 
 

@@ -326,9 +326,15 @@ class InMemoryMirrorLog:
         ]
 
     async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        return self._find(request_ids, RecordKind.INTENT)
+
+    async def outcomes(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        return self._find(request_ids, RecordKind.OUTCOME)
+
+    def _find(self, request_ids: Collection[str], kind: RecordKind) -> dict[str, MirrorEvent]:
         out: dict[str, MirrorEvent] = {}
         for request_id in request_ids:
-            seq = self._index.get((request_id, RecordKind.INTENT))
+            seq = self._index.get((request_id, kind))
             if seq is not None:
                 out[request_id] = self._events[seq - 1]
         return out

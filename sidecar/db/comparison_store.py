@@ -30,9 +30,28 @@ ORDER BY seq LIMIT $3
 COUNTS = """
 SELECT outcome, kinds, monetary, count(*) AS n FROM comparisons GROUP BY 1, 2, 3
 """
-BOOTSTRAPPED = (
-    "SELECT EXISTS (SELECT 1 FROM comparisons WHERE operation = 'bootstrap' AND outcome = 'match')"
-)
+BOOTSTRAP_PLAN = """
+SELECT request_id FROM comparisons
+WHERE operation = 'bootstrap_plan' AND outcome = 'match' ORDER BY seq DESC LIMIT 1
+"""
+BOOTSTRAP_SNAPSHOT = """
+SELECT EXISTS (SELECT 1 FROM comparisons
+               WHERE operation = 'bootstrap_snapshot' AND outcome = 'match')
+"""
+BOOTSTRAP_OPENED = """
+SELECT account_id FROM comparisons WHERE operation = 'bootstrap_read' AND outcome = 'match'
+"""
+LEDGER_POSITION = "SELECT coalesce(max(ledger_seq), 0) FROM comparisons"
+VERDICTS = """
+SELECT request_id, outcome, detail FROM comparisons WHERE request_id = ANY($1::text[])
+"""
+
+
+@dataclass(frozen=True)
+class BootstrapState:
+    plan_request_id: str | None
+    snapshot: bool
+    opened: frozenset[str]
 
 
 @dataclass
@@ -81,11 +100,26 @@ class PostgresComparisonStore:
             rows = await conn.fetch(DIVERGENCES, account_id, after_seq, limit)
         return [divergence_from_row(r) for r in rows]
 
-    async def bootstrapped(self) -> bool:
-        """Whether a bootstrap snapshot has been applied (and its comparison recorded)."""
+    async def bootstrap_state(self) -> BootstrapState:
+        """The last bootstrap plan, whether a snapshot was applied, and the accounts opened at
+        their bootstrap read, as recorded."""
         async with pooled(self._pool) as conn:
-            done: bool = await conn.fetchval(BOOTSTRAPPED)
-        return done
+            plan = await conn.fetchval(BOOTSTRAP_PLAN)
+            snapshot = await conn.fetchval(BOOTSTRAP_SNAPSHOT)
+            opened = frozenset(r["account_id"] for r in await conn.fetch(BOOTSTRAP_OPENED))
+        return BootstrapState(plan, bool(snapshot), opened)
+
+    async def ledger_position(self) -> int:
+        """The last ledger seq a recorded comparison was decided by."""
+        async with pooled(self._pool) as conn:
+            seq: int = await conn.fetchval(LEDGER_POSITION)
+        return seq
+
+    async def verdicts(self, request_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """Outcome and detail of each of these requests' comparisons, if recorded yet."""
+        async with pooled(self._pool) as conn:
+            rows = await conn.fetch(VERDICTS, list(request_ids))
+        return {r["request_id"]: (r["outcome"], r["detail"]) for r in rows}
 
     async def counts(self) -> ComparisonCounts:
         counts = ComparisonCounts()

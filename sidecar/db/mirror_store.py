@@ -36,9 +36,9 @@ WHERE i.kind = 'intent' AND i.seq <= $1
                   WHERE o.request_id = i.request_id AND o.kind = 'outcome')
 ORDER BY i.seq
 """
-INTENTS = """
+FIND = """
 SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
-FROM mirror_events WHERE kind = 'intent' AND request_id = ANY($1::text[])
+FROM mirror_events WHERE kind = $2 AND request_id = ANY($1::text[])
 """
 OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
 COMMIT_OFFSET = """
@@ -108,10 +108,16 @@ class PostgresMirrorLog:
         return [event_from_row(r) for r in rows]
 
     async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        return await self._find(request_ids, RecordKind.INTENT)
+
+    async def outcomes(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
+        return await self._find(request_ids, RecordKind.OUTCOME)
+
+    async def _find(self, request_ids: Collection[str], kind: RecordKind) -> dict[str, MirrorEvent]:
         if not request_ids:
             return {}
         async with pooled(self._pool) as conn:
-            rows = await conn.fetch(INTENTS, list(request_ids))
+            rows = await conn.fetch(FIND, list(request_ids), kind.value)
         return {r["request_id"]: event_from_row(r) for r in rows}
 
     async def offset(self, consumer: str, partition: int) -> int:

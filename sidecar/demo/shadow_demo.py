@@ -93,7 +93,13 @@ class ShadowStack:
     async def bootstrap(self) -> BootstrapReport:
         applier = self.sidecar.applier
         assert applier is not None
-        return await bootstrap(applier.stream, self.legacy_url + "/v1/accounts")
+        return await bootstrap(
+            applier.stream,
+            applier.comparisons,
+            applier.routes,
+            self.legacy_url,
+            self.legacy_url + "/v1/accounts",
+        )
 
     async def read_every_balance(self) -> int:
         """One balance read per legacy account, through the sidecar (so each is compared)."""
@@ -277,7 +283,10 @@ async def run_shadow_demo(
         await asyncio.sleep(min(1.0, seconds / 4))
         report = await stack.bootstrap()
         bootstrapped.set()
-        say(f"==> bootstrapped {report.accounts} legacy accounts while traffic flowed")
+        say(
+            f"==> bootstrapped {report.opened} of {report.accounts} legacy accounts while "
+            f"traffic flowed ({report.reads} balance reads, {report.reread} read again)"
+        )
         stack.legacy.rates = DEMO_FAULTS
         say("==> fault injection on")
         result = await traffic

@@ -109,7 +109,7 @@ class _Client:
         if roll < 0.40:
             await self.pay("payment", *self.two(), self.amount())
         elif roll < 0.50:
-            other = self.rng.choice(self.accounts)
+            other = self.rng.choice([a for a in self.accounts[:50] if a != HOT_ACCOUNT])
             if self.rng.random() < 0.5:
                 await self.pay("hot_payment", HOT_ACCOUNT, other, self.amount(100, 1000))
             else:
@@ -139,9 +139,8 @@ class _Client:
             if self.rng.random() < 0.5:
                 await self.pay("rejected_unknown", self.rng.choice(self.accounts), "NOBODY", "1.00")
             else:
-                await self.pay(
-                    "rejected_nsf", self.rng.choice(self.accounts), HOT_ACCOUNT, "99999999.00"
-                )
+                debit, credit = self.two()
+                await self.pay("rejected_nsf", debit, credit, "99999999.00")
         elif self.payments:
             original = self.payments.pop(self.rng.randrange(len(self.payments)))
             await self.call(

@@ -22,6 +22,7 @@ Guarantees (tests/unit/test_bootstrap.py):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from sidecar.domain.comparison import legacy_decimal
@@ -100,3 +101,69 @@ def _minor(value: Any, currency: Currency, where: str) -> int:
     if minor != minor.to_integral_value():
         raise InvalidCommand(f"{where}: {value!r} has more decimals than {currency.code} has")
     return int(minor)
+
+
+# --- per-account bootstrap, under live traffic ---------------------------------------------
+#
+# A plan names the accounts to bootstrap (no balances). Each account is then opened at the
+# place in the stream of its own balance read, if no money movement on it overlapped that
+# read: everything answered before the read is in its balance, everything asked after it is
+# not. Until then the account is "pending": a movement on it is applied with the migration
+# account standing in for it (the legacy balance the account will be opened with already holds
+# that movement), so the other side of the movement is still right.
+
+
+def plan_accounts(document: Any, currencies: Mapping[str, int]) -> dict[str, Account]:
+    """The accounts a bootstrap plan names, with their currency and overdraft limit."""
+    out: dict[str, Account] = {}
+    for i, row in enumerate(snapshot_accounts(document)):
+        number = row.get("account_number")
+        where = f"bootstrap plan: accounts[{i}] ({number!r})"
+        code = row.get("currency")
+        if not isinstance(number, str) or not number:
+            raise InvalidCommand(f"{where}: account_number is missing")
+        if code not in currencies:
+            raise InvalidCommand(f"{where}: currency {code!r} is not in the mapping")
+        currency = Currency(str(code), currencies[str(code)])
+        limit_raw = row.get("overdraft_limit")
+        limit = None if limit_raw is None else _minor(limit_raw, currency, f"{where}: limit")
+        if limit is not None and limit < 0:
+            raise InvalidCommand(f"{where}: overdraft_limit is negative")
+        out[number] = Account(number, currency, NormalSide.CREDIT, limit)
+    return out
+
+
+def opening_for(account: Account, balance_minor: int) -> list[Command]:
+    """Open ``account`` holding ``balance_minor``, against its currency's migration account."""
+    commands: list[Command] = [OpenAccount(account)]
+    if balance_minor:
+        migration = MIGRATION_PREFIX + account.currency.code
+        debit, credit = (migration, account.id) if balance_minor > 0 else (account.id, migration)
+        commands.append(
+            Transfer.between(
+                f"bootstrap:{account.id}"[:128],
+                debit=debit,
+                credit=credit,
+                amount_minor=abs(balance_minor),
+                currency=account.currency.code,
+                metadata={"route": BOOTSTRAP_ROUTE},
+            )
+        )
+    return commands
+
+
+def stand_in(transfer: Transfer, pending: Mapping[str, Account]) -> Transfer | None:
+    """``transfer`` with the migration account standing in for each pending account; None
+    when nothing would be left to move (every leg stood in for)."""
+    if not any(leg.account_id in pending for leg in transfer.legs):
+        return transfer
+    legs = tuple(
+        replace(leg, account_id=MIGRATION_PREFIX + leg.currency)
+        if leg.account_id in pending
+        else leg
+        for leg in transfer.legs
+    )
+    if all(leg.account_id.startswith(MIGRATION_PREFIX) for leg in legs):
+        return None
+    metadata = {**transfer.metadata, "bootstrap": "stand-in"}
+    return Transfer(transfer.key, legs, metadata)

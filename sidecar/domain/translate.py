@@ -133,10 +133,14 @@ def to_ledger(
         amount = _minor(route, "amount", need, money)
         if amount <= 0:
             raise InvalidCommand(f"route {route.name!r}: amount must be positive, got {amount}")
+        debit, credit = text("debit"), text("credit")
+        if debit == credit:
+            # moves nothing; a legacy service may refuse it (on the amount) or take it
+            raise InvalidCommand(f"route {route.name!r}: debit and credit are one account")
         return Transfer.between(
             key(),
-            debit=text("debit"),
-            credit=text("credit"),
+            debit=debit,
+            credit=credit,
             amount_minor=amount,
             currency=money.code,
             metadata=metadata(),

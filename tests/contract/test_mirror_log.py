@@ -68,6 +68,17 @@ async def test_intents_without_an_outcome_are_in_doubt(log: MirrorLog) -> None:
     assert [e.record.request_id for e in await log.in_doubt(up_to_seq=10)] == ["c"]
 
 
+async def test_a_requests_intent_and_outcome_are_found_by_its_id(log: MirrorLog) -> None:
+    await log.append([intent("a"), intent("b"), outcome("a")])
+    intents = await log.intents(["a", "b", "nobody"])
+    assert {k: v.seq for k, v in intents.items()} == {"a": 1, "b": 2}
+    outcomes = await log.outcomes(["a", "b"])
+    assert {k: (v.seq, v.record.kind) for k, v in outcomes.items()} == {
+        "a": (3, RecordKind.OUTCOME)
+    }
+    assert await log.intents([]) == {}
+
+
 async def test_offsets_start_at_zero_and_only_move_forward(log: MirrorLog) -> None:
     assert await log.offset("applier", 0) == 0
     await log.commit_offset("applier", 0, 5)

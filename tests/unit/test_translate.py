@@ -159,3 +159,11 @@ def test_distinct_legacy_keys_never_share_a_ledger_key() -> None:
 def test_amounts_with_more_digits_than_a_decimal_holds_are_not_rounded(table: RouteTable) -> None:
     with pytest.raises(InvalidCommand, match="more than 2 decimal places"):
         translate(table, payment("10.50000000000000000000000000001"))
+
+
+def test_a_payment_from_an_account_to_itself_is_not_a_ledger_command(table: RouteTable) -> None:
+    exchange = payment(beneficiary={"account_number": "acc-1"})
+    matched = table.match(exchange.method, exchange.path)
+    assert matched is not None
+    with pytest.raises(InvalidCommand, match="one account"):
+        to_ledger(matched, exchange, table.currencies)
