@@ -623,6 +623,7 @@ class Applier:
                 comparison = Comparison(Outcome.LEGACY_ERROR, detail=legacy.error)
             else:
                 ledger = ledger_result(item.request, item.result, item.legacy_status)  # type: ignore[arg-type]
+                refusal = ledger.fields.get("rejection")
                 # compare only what the legacy side can say: a field the route does not map
                 # (or a rejection reason the mapping does not know) is not a difference
                 said = {k for k in ledger.fields if k in legacy.fields or k in route.result}
@@ -642,6 +643,8 @@ class Applier:
                     before, after = self._overlapping(item, ordered, index, account)
                     if explained_by_order(comparison, before, after):
                         comparison = order_dependent(comparison)
+                if comparison.outcome is Outcome.MISMATCH and refusal is not None:
+                    comparison = replace(comparison, detail=f"the ledger refused: {refusal}")
         return ComparisonRecord(
             request_id=item.request_id,
             seq=item.outcome.seq,
@@ -660,6 +663,7 @@ class Applier:
             ledger_seq=_seq_of(item.result),
             trace_id=item.outcome.record.trace_id
             or (item.intent.record.trace_id if item.intent else None),
+            accounts=_all_accounts(item),
         )
 
     def _overlapping(
@@ -768,6 +772,13 @@ def _accounts_of(request: LedgerRequest) -> set[str]:
     if isinstance(request, OpenAccount):
         return {request.account.id}
     return set()
+
+
+def _all_accounts(item: _Item) -> tuple[str, ...]:
+    touched = set(_accounts_of(item.request)) if item.request is not None else set()
+    if isinstance(item.result, TransferOutcome):
+        touched |= {p.account_id for p in item.result.postings}
+    return tuple(sorted(touched))
 
 
 def _account_of(item: _Item) -> str | None:

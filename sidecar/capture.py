@@ -8,11 +8,11 @@ group in one commit. Capture never raises into the customer path and never drops
 Guarantees (tests/integration/test_capture.py):
 - ``record`` returns ``True`` only once the record is committed to the stream (durable mode).
 - It returns within ``wait_ms_max`` (plus scheduling) whatever the stream does: a full queue,
-  a slow or failing store, a stopped writer. Every record is counted exactly once: as
-  ``committed`` (and also ``late`` if its caller had stopped waiting), or in
-  ``CaptureStats.dropped`` by reason: ``queue_full``, ``timeout`` (the caller stopped waiting
-  before its group was taken), ``store_error`` (its group failed ``append_attempts_max``
-  times), ``stopped`` (queued or being written when ``stop`` gave up).
+  a slow or failing store, a stopped writer. A record whose caller stopped waiting stays
+  queued and is written late. Every record is counted exactly once: as ``committed`` (and
+  also ``late`` if its caller had stopped waiting), or in ``CaptureStats.dropped`` by reason:
+  ``queue_full``, ``store_error`` (its group failed ``append_attempts_max`` times),
+  ``stopped`` (queued or being written when ``stop`` gave up).
 - Many concurrent records share one commit: ``CaptureStats.appends`` counts the commits.
 """
 
@@ -112,10 +112,10 @@ class Capture:
         try:
             return await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
+            # the answer goes out now; the record stays queued and is written late (a dropped
+            # outcome would leave its request in doubt). The queue's bound still holds.
             item.abandoned = True
-            if not item.taken:  # the writer will skip it
-                self._settle(item, False, "timeout")
-            return False  # if taken: counted when its group settles (late, or dropped)
+            return False
 
     # --- the writer ------------------------------------------------------------------------
 

@@ -169,8 +169,14 @@ async def _demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.demo.traffic import run_traffic
 
     def tick(report: Any) -> None:
-        print(f"  {report.requests:,} requests", file=sys.stderr)
+        print(f"  {report.requests:,} requests", file=sys.stderr, flush=True)
 
+    refundable: asyncio.Event | None = None
+    if args.refunds_on_signal:
+        # refunds of payments from before the ledger's bootstrap cannot be shadowed: the
+        # demo says when the bootstrap is done
+        refundable = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, refundable.set)
     report = await run_traffic(
         args.target.rstrip("/"),
         (args.direct or args.target).rstrip("/"),
@@ -179,18 +185,9 @@ async def _demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         on_tick=tick,
+        refundable=refundable,
     )
-    print(
-        json.dumps(
-            {
-                "requests": report.requests,
-                "by_kind": dict(report.by_kind),
-                "by_status": {str(k): v for k, v in report.by_status.items()},
-                "errors": report.errors,
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps(report.summary(), indent=2))
     return 0
 
 
@@ -415,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--customers", type=int, default=200)
     q.add_argument("--workers", type=int, default=8)
     q.add_argument("--seed", type=int, default=1)
+    q.add_argument(
+        "--refunds-on-signal",
+        action="store_true",
+        help="refund only payments made after SIGUSR1 (sent once the ledger is bootstrapped)",
+    )
     q.set_defaults(handler=_demo_traffic)
 
     p = groups.add_parser(

@@ -21,10 +21,11 @@ from sidecar.domain.shadow import ComparisonRecord
 RECORD = "SELECT record_comparisons($1::jsonb, $2::text[], $3::integer[], $4::bigint[])"
 DIVERGENCES = """
 SELECT request_id, seq, intent_seq, partition, route, operation, outcome, kinds, monetary,
-       account_id, differences::text AS differences, at_risk::text AS at_risk, ledger_seq,
-       trace_id, detail, compared_at
+       account_id, accounts, differences::text AS differences, at_risk::text AS at_risk,
+       ledger_seq, trace_id, detail, compared_at
 FROM comparisons
-WHERE outcome = 'mismatch' AND ($1::text IS NULL OR account_id = $1) AND seq > $2
+WHERE outcome = 'mismatch' AND ($1::text IS NULL OR account_id = $1 OR accounts @> ARRAY[$1])
+  AND seq > $2
 ORDER BY seq LIMIT $3
 """
 COUNTS = """
@@ -67,6 +68,7 @@ def divergence_from_row(row: Any) -> dict[str, Any]:
     out["differences"] = orjson.loads(row["differences"])
     out["at_risk"] = orjson.loads(row["at_risk"])
     out["kinds"] = list(row["kinds"])
+    out["accounts"] = list(row["accounts"])
     out["compared_at"] = row["compared_at"].isoformat()
     return out
 

@@ -15,8 +15,10 @@ Guarantees (tests/integration/test_demo_legacy.py):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -25,6 +27,23 @@ from typing import Any
 from aiohttp import web
 
 CURRENCIES = {"EUR": 2, "JPY": 0, "BHD": 3}
+#: a request carrying this header is served without faults: the demo's direct baseline, whose
+#: faults no sidecar could see (and whose latency must not include injected spikes)
+BASELINE_HEADER = "X-Demo-Baseline"
+_baseline: contextvars.ContextVar[bool] = contextvars.ContextVar("baseline", default=False)
+
+
+@web.middleware
+async def _baseline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    token = _baseline.set(request.headers.get(BASELINE_HEADER) == "1")
+    try:
+        return await handler(request)
+    finally:
+        _baseline.reset(token)
+
+
 HOUSE_PREFIX = "HOUSE-"
 
 
@@ -121,7 +140,7 @@ class LegacyService:
         return numbers
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_baseline_middleware])
         app.router.add_post("/v1/accounts", self.open_account)
         app.router.add_get("/v1/accounts", self.list_accounts)
         app.router.add_get("/v1/accounts/{account}", self.account)
@@ -130,13 +149,14 @@ class LegacyService:
         app.router.add_post("/v1/payments/{payment}/refund", self.refund)
         app.router.add_get("/v1/idempotency/{key}", self.idempotency)
         app.router.add_get("/_legacy/faults", self.faults)
+        app.router.add_put("/_legacy/faults", self.set_faults)
         app.router.add_get("/_legacy/health", self.health)
         return app
 
     # --- faults ---------------------------------------------------------------------------
 
     def _roll(self, rate: float) -> bool:
-        return rate > 0 and self.random.random() < rate
+        return rate > 0 and not _baseline.get() and self.random.random() < rate
 
     async def _delay(self) -> None:
         delay = self.latency_s
@@ -176,6 +196,18 @@ class LegacyService:
             return fail(404, "UNKNOWN_KEY", "no request was processed under this key")
         status, answer = found
         return web.json_response(answer, status=status)
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        """The demo's switch: fault rates from now on (``{"rounding": 0.01, ...}``)."""
+        body = await _body(request)
+        known = set(asdict(FaultRates()))
+        if set(body) - known or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+            for v in body.values()
+        ):
+            return fail(422, "INVALID", f"rates from 0 to 1 for {', '.join(sorted(known))}")
+        self.rates = FaultRates(**{k: float(v) for k, v in body.items()})
+        return web.json_response(asdict(self.rates))
 
     async def list_accounts(self, request: web.Request) -> web.Response:
         """Every account with its balance: what a bootstrap imports (an unmapped route)."""

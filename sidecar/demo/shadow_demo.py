@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,6 @@ from sidecar.config import Settings
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.db.migrate import drop_schema
 from sidecar.demo.legacy import FaultRates, LegacyService
-from sidecar.demo.traffic import TrafficReport, run_traffic
 from sidecar.report import table
 
 MAPPING = Path(__file__).resolve().parents[2] / "config" / "mappings" / "example-legacy.toml"
@@ -57,20 +59,82 @@ class ShadowStack:
     customers: int = 200
     seed: int = 7
     port: int = 0
+    #: run the demo legacy service in its own process (as a deployment does), not in this one
+    legacy_process: bool = False
     legacy: LegacyService = field(init=False)
     sidecar: Sidecar = field(init=False)
     legacy_url: str = field(init=False)
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def __aenter__(self) -> ShadowStack:
-        self.legacy = LegacyService(FaultRates(), seed=self.seed)
-        self.legacy.seed_accounts(self.customers)
-        runner = web.AppRunner(self.legacy.app(), access_log=None)
-        await runner.setup()
-        self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.legacy_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            if self.legacy_process:
+                self.legacy_url = await self._spawn_legacy()
+            else:
+                self.legacy = LegacyService(FaultRates(), seed=self.seed)
+                self.legacy.seed_accounts(self.customers)
+                runner = web.AppRunner(self.legacy.app(), access_log=None)
+                await runner.setup()
+                self._stack.push_async_callback(runner.cleanup)
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                self.legacy_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            await self._start_sidecar()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _spawn_legacy(self) -> str:
+        port = _free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "demo",
+            "legacy",
+            "--port",
+            str(port),
+            "--customers",
+            str(self.customers),
+            "--seed",
+            str(self.seed),
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._stack.push_async_callback(_terminate, process)
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(url + "/_legacy/health") as answer:
+                        if answer.status == 200:
+                            return url
+                except aiohttp.ClientError:
+                    pass
+                if process.returncode is not None:
+                    break
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"the demo legacy service did not start on port {port}")
+
+    async def set_faults(self, rates: FaultRates) -> None:
+        if not self.legacy_process:
+            self.legacy.rates = rates
+            return
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(self.legacy_url + "/_legacy/faults", json=asdict(rates)) as answer,
+        ):
+            answer.raise_for_status()
+
+    async def faults(self) -> list[dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.legacy_url + "/_legacy/faults") as answer,
+        ):
+            faults: list[dict[str, Any]] = (await answer.json())["faults"]
+        return faults
+
+    async def _start_sidecar(self) -> None:
         proxy = replace(
             self.settings.proxy,
             legacy_url=self.legacy_url,
@@ -81,7 +145,6 @@ class ShadowStack:
         self.sidecar = Sidecar(replace(self.settings, proxy=proxy))
         await self.sidecar.start()
         self._stack.push_async_callback(self.sidecar.stop)
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -103,8 +166,9 @@ class ShadowStack:
 
     async def read_every_balance(self) -> int:
         """One balance read per legacy account, through the sidecar (so each is compared)."""
-        numbers = list(self.legacy.state.accounts)
         async with aiohttp.ClientSession() as session:
+            async with session.get(self.legacy_url + "/v1/accounts") as listing:
+                numbers = [a["account_number"] for a in (await listing.json())["accounts"]]
             semaphore = asyncio.Semaphore(16)
 
             async def read(number: str) -> None:
@@ -143,11 +207,28 @@ class ShadowStack:
         return applier.comparisons
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def summarise(
     divergences: list[dict[str, Any]],
     counts: Any,
     faults: list[dict[str, Any]],
-    traffic: TrafficReport,
+    traffic: dict[str, Any],
 ) -> dict[str, Any]:
     """Injected faults against detected divergences; a divergence no fault explains is false."""
     injected = Counter(f["kind"] for f in faults)
@@ -166,15 +247,21 @@ def summarise(
     legacy_errors = counts.by_outcome.get("legacy_error", 0)
     if injected.get("server_error"):
         detected["server_error"] = min(injected["server_error"], legacy_errors)
+    # a fault's accounts are tainted, and so is every account a later divergence on a tainted
+    # account touched: its money moved (or did not) because of the fault
     tainted = {a for f in faults if f["kind"] in DETECTED_BY for a in f["accounts"]}
+    for d in sorted(divergences, key=lambda d: d["seq"]):
+        if tainted & set(d["accounts"]):
+            tainted.update(d["accounts"])
     false = [
         d
         for d in divergences
-        if d["kinds"] != ["order_dependent"] and d["account_id"] not in tainted
+        if d["kinds"] != ["order_dependent"]
+        and not tainted & set(d["accounts"] or [d["account_id"]])
     ]
     return {
-        "requests": traffic.requests,
-        "requests_by_kind": dict(traffic.by_kind),
+        "requests": traffic["requests"],
+        "requests_by_kind": traffic["by_kind"],
         "comparisons": counts.total,
         "matches": counts.by_outcome.get("match", 0),
         "outcomes": dict(counts.by_outcome),
@@ -184,14 +271,7 @@ def summarise(
         "detected_faults": dict(detected),
         "false_divergences": len(false),
         "false_divergence_examples": false[:5],
-        "latency_ms": {
-            target: {
-                "p50": traffic.percentile_ms(target, 0.50),
-                "p99": traffic.percentile_ms(target, 0.99),
-                "n": len(traffic.latencies_s[target]),
-            }
-            for target in ("direct", "sidecar")
-        },
+        "latency_ms": traffic["latency_ms"],
     }
 
 
@@ -230,6 +310,15 @@ def render(summary: dict[str, Any]) -> str:
             [[t, _fmt(v["p50"]), _fmt(v["p99"]), v["n"]] for t, v in summary["latency_ms"].items()],
         ),
     ]
+    examples = summary.get("false_divergence_examples") or []
+    if examples:
+        out += ["", "false divergences (no injected fault explains them), first few:"]
+        for d in examples:
+            values = "; ".join(
+                f"{x['field']}: legacy {x['legacy']} / ledger {x['ledger']}"
+                for x in d["differences"]
+            )
+            out.append(f"  offset {d['seq']}  {d['account_id']}  {d['route']}  {values}")
     return "\n".join(out)
 
 
@@ -248,64 +337,103 @@ async def run_shadow_demo(
 
     db = settings.database
     # one line per divergence is for log pipelines; the demo ends with the table instead
-    logging.getLogger("sidecar.applier").setLevel(logging.ERROR)
+    for name in ("sidecar.applier", "sidecar.in_doubt"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     await drop_schema(db, db.schema)
-    settings = replace(settings, applier=replace(settings.applier, require_bootstrap=True))
+    # the demo legacy service answers within 200 ms, latency spikes included: a request with
+    # no recorded answer after 3 s is in doubt (in production: more than the legacy timeout)
+    settings = replace(
+        settings,
+        proxy=replace(settings.proxy, legacy_timeout_s=2.0),
+        applier=replace(settings.applier, require_bootstrap=True, in_doubt_after_s=3.0),
+    )
     say(f"==> fresh ledger in schema {db.schema} at {db.url}")
-    async with ShadowStack(settings, customers=customers, seed=seed, port=port) as stack:
+    stack = ShadowStack(settings, customers=customers, seed=seed, port=port, legacy_process=True)
+    async with stack:
         say(
             f"==> demo legacy service at {stack.legacy_url} ({customers} customers with money); "
-            f"sidecar in shadow mode at {stack.sidecar_url} (metrics will live there)"
+            f"sidecar in shadow mode at {stack.sidecar_url} (its /metrics lives there)"
         )
-        started = time.monotonic()
-
-        def tick(report: TrafficReport) -> None:
-            applier = stack.sidecar.applier
-            compared = applier.stats.compared if applier else 0
-            say(
-                f"    {time.monotonic() - started:5.1f}s  {report.requests:,} requests, "
-                f"{compared:,} compared"
-            )
-
-        bootstrapped = asyncio.Event()
-        traffic = asyncio.create_task(
-            run_traffic(
-                stack.sidecar_url,
-                stack.legacy_url,
-                [f"CUST-{i:05d}" for i in range(customers)],
-                seconds=seconds,
-                workers=workers,
-                seed=seed,
-                on_tick=tick,
-                refundable=bootstrapped,
-            )
+        traffic = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "demo",
+            "traffic",
+            "--target",
+            stack.sidecar_url,
+            "--direct",
+            stack.legacy_url,
+            "--seconds",
+            str(seconds),
+            "--customers",
+            str(customers),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(seed),
+            "--refunds-on-signal",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
-        await asyncio.sleep(min(1.0, seconds / 4))
-        report = await stack.bootstrap()
-        bootstrapped.set()
-        say(
-            f"==> bootstrapped {report.opened} of {report.accounts} legacy accounts while "
-            f"traffic flowed ({report.reads} balance reads, {report.reread} read again)"
-        )
-        stack.legacy.rates = DEMO_FAULTS
-        say("==> fault injection on")
-        result = await traffic
-        stack.legacy.rates = FaultRates()
-        say("==> traffic done; reading every balance once through the sidecar")
-        await stack.read_every_balance()
-        await stack.settle()
+        try:
+            report = await _run_alongside(stack, traffic, seconds, say)
+        finally:
+            await _terminate(traffic)
         store = stack.comparisons()
         divergences = await store.divergences(limit=1_000_000)
         counts = await store.counts()
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(stack.legacy_url + "/_legacy/faults") as answer,
-        ):
-            faults = (await answer.json())["faults"]
-    summary = summarise(divergences, counts, faults, result)
+        faults = await stack.faults()
+    summary = summarise(divergences, counts, faults, report)
     if as_json:
         summary.pop("false_divergence_examples")
         print(json.dumps(summary, indent=2))
     else:
         print(render(summary))
     return 0
+
+
+async def _run_alongside(
+    stack: ShadowStack,
+    traffic: asyncio.subprocess.Process,
+    seconds: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Bootstrap under the traffic, turn faults on, show progress, then settle."""
+    started = time.monotonic()
+    applier = stack.sidecar.applier
+    assert applier is not None
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            head = await applier.stream.head()
+            say(
+                f"    {time.monotonic() - started:5.1f}s  stream head {head:,}, "
+                f"{applier.stats.compared:,} compared"
+            )
+
+    tick = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(min(1.0, seconds / 4))
+        boot = await stack.bootstrap()
+        if traffic.returncode is None:
+            traffic.send_signal(signal.SIGUSR1)
+        say(
+            f"==> bootstrapped {boot.opened} of {boot.accounts} legacy accounts while traffic "
+            f"flowed ({boot.reads} balance reads, {boot.reread} read again)"
+        )
+        await stack.set_faults(DEMO_FAULTS)
+        say("==> fault injection on")
+        out, _ = await traffic.communicate()
+        await stack.set_faults(FaultRates())
+        say("==> traffic done; reading every balance once through the sidecar")
+        await stack.read_every_balance()
+        say("==> waiting for requests in doubt to be resolved and the applier to catch up")
+        await stack.settle(timeout_s=max(120.0, 4 * stack.settings.applier.in_doubt_after_s))
+    finally:
+        tick.cancel()
+    if traffic.returncode != 0:
+        raise RuntimeError(f"the traffic generator failed (exit {traffic.returncode})")
+    summary: dict[str, Any] = json.loads(out)
+    return summary

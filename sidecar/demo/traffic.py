@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from sidecar.demo.legacy import BASELINE_HEADER
+
 HOT_ACCOUNT = "CUST-00000"
 
 
@@ -33,6 +35,22 @@ class TrafficReport:
     latencies_s: dict[str, list[float]] = field(
         default_factory=lambda: {"sidecar": [], "direct": []}
     )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_kind": dict(self.by_kind),
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "errors": self.errors,
+            "latency_ms": {
+                target: {
+                    "p50": self.percentile_ms(target, 0.50),
+                    "p99": self.percentile_ms(target, 0.99),
+                    "n": len(self.latencies_s[target]),
+                }
+                for target in ("direct", "sidecar")
+            },
+        }
 
     def percentile_ms(self, target: str, q: float) -> float | None:
         values = sorted(self.latencies_s.get(target, []))
@@ -64,6 +82,8 @@ class _Client:
     ) -> tuple[int, Any]:
         base = self.sidecar if target == "sidecar" else self.direct
         headers = {"Idempotency-Key": key} if key else {}
+        if target == "direct":
+            headers[BASELINE_HEADER] = "1"
         started = time.perf_counter()
         try:
             async with self.session.request(

@@ -197,18 +197,52 @@ class Pending:
 
 
 def serialise(items: Sequence[Pending]) -> list[int]:
-    """An order to apply ``items`` in (indexes): outcome order, except that a transfer the
-    legacy service refused moves after the overlapping transfers it accepted from the same
-    account, the order in which the legacy answers are explained by the fewest assumptions
-    (a near-floor race: the accepted one went first)."""
+    """An order to apply ``items`` in (indexes): outcome order, except among exchanges that
+    overlapped in time, where the order that explains the legacy answers with the fewest
+    assumptions wins:
+
+    1. a transfer the legacy service accepted moves before the overlapping accepted transfers
+       out of the account it credits (the money came in first, so both fit);
+    2. a transfer it refused moves after the overlapping accepted transfers out of the same
+       account (a near-floor race: the accepted one went first).
+
+    An exchange only ever passes exchanges it overlapped: any order among those is one the
+    legacy service could have taken.
+    """
     order = list(range(len(items)))
-    by_account: dict[str, list[int]] = {}
+    debits: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         account = debit_account(item.request)
         if account is not None:
-            by_account.setdefault(account, []).append(i)
+            debits.setdefault(account, []).append(i)
+
+    def passes(mover: int, others: Sequence[int]) -> bool:
+        return all(items[k].span.overlaps(items[mover].span) for k in others)
+
+    # 1. money in before money out
+    for j, item in enumerate(items):
+        credit = credit_account(item.request)
+        if item.legacy is not SideStatus.ACCEPTED or credit is None:
+            continue
+        earlier = [
+            i
+            for i in debits.get(credit, ())
+            if i != j
+            and items[i].legacy is SideStatus.ACCEPTED
+            and order.index(i) < order.index(j)
+            and items[i].span.overlaps(item.span)
+        ]
+        if not earlier:
+            continue
+        first = min(earlier, key=order.index)
+        start, end = order.index(first), order.index(j)
+        if passes(j, order[start:end]):
+            order.remove(j)
+            order.insert(start, j)
+
+    # 2. a refusal after the acceptances it raced
     moves: dict[int, int] = {}  # refused index -> the index it must follow
-    for indexes in by_account.values():
+    for indexes in debits.values():
         if len(indexes) < 2:
             continue
         for i in indexes:
@@ -217,22 +251,24 @@ def serialise(items: Sequence[Pending]) -> list[int]:
             later = [
                 j
                 for j in indexes
-                if j > i
+                if order.index(j) > order.index(i)
                 and items[j].legacy is SideStatus.ACCEPTED
                 and items[j].span.overlaps(items[i].span)
             ]
             if later:
-                moves[i] = max(later)
-    if not moves:
-        return order
-    for i in sorted(moves, reverse=True):
+                moves[i] = max(later, key=order.index)
+    for i in sorted(moves, key=order.index, reverse=True):
         start, end = order.index(i), order.index(moves[i])
-        # it may pass only exchanges it overlapped: any order among those is one legacy
-        # could have taken; past one it did not overlap, it stays where it is
-        if all(items[k].span.overlaps(items[i].span) for k in order[start + 1 : end + 1]):
+        if end > start and passes(i, order[start + 1 : end + 1]):
             order.remove(i)
             order.insert(order.index(moves[i]) + 1, i)
     return order
+
+
+def credit_account(request: LedgerRequest | None) -> str | None:
+    if isinstance(request, Transfer):
+        return next((leg.account_id for leg in request.legs if leg.side.value == "credit"), None)
+    return None
 
 
 def explained_by_order(
@@ -326,6 +362,8 @@ class ComparisonRecord:
     account_id: str | None = None
     ledger_seq: int | None = None
     trace_id: str | None = None
+    #: every account the request touched (the payee's too), for listing per account
+    accounts: tuple[str, ...] = ()
 
     @property
     def monetary(self) -> bool:
@@ -344,6 +382,7 @@ class ComparisonRecord:
             "kinds": sorted(k.value for k in c.kinds),
             "monetary": self.monetary,
             "account_id": self.account_id,
+            "accounts": list(self.accounts),
             "differences": [
                 {
                     "field": d.field,

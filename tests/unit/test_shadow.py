@@ -111,6 +111,15 @@ def test_a_refused_payment_moves_after_an_overlapping_accepted_one_from_the_same
     assert serialise(items) == [1, 0, 2]
 
 
+def test_money_coming_in_moves_before_an_overlapping_payment_out_of_that_account() -> None:
+    incoming = Transfer.between("k2", debit="b", credit="a", amount_minor=100, currency="EUR")
+    items = [
+        Pending(Span(1, 4), SideStatus.ACCEPTED, pay("k1", "a")),
+        Pending(Span(2, 5), SideStatus.ACCEPTED, incoming),
+    ]
+    assert serialise(items) == [1, 0]
+
+
 def test_exchanges_that_did_not_overlap_keep_their_order() -> None:
     items = [
         Pending(Span(1, 2), SideStatus.REJECTED, pay("k1", "a")),
