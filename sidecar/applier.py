@@ -170,6 +170,8 @@ class Applier:
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
         self._ledger_position = 0  # the ledger seq the last compared group left
+        #: replaying a recorded stream up to this seq (None: following a live one)
+        self.replaying_to: int | None = None
         self._bootstrapped = not settings.require_bootstrap
         self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
         self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
@@ -188,8 +190,8 @@ class Applier:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, ShadowMismatch):
+                await self._task  # a strict-mode stop was raised to catch_up already
             self._task = None
         await self.ledger.stop()
         self._started = False
@@ -200,8 +202,10 @@ class Applier:
 
     async def _resume(self) -> None:
         """Start after the last committed group: in-memory state is rebuilt from the stream."""
+        # the offsets live beside the comparisons they commit with (a replay reads one
+        # schema's stream into another's ledger)
         self._done = {
-            p: await self.stream.offset(COMPARE_CONSUMER, p) for p in range(self.partitions)
+            p: await self.comparisons.offset(COMPARE_CONSUMER, p) for p in range(self.partitions)
         }
         self._cursor = min(self._done.values(), default=0)
         self._pending.clear()
@@ -256,8 +260,12 @@ class Applier:
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
         backoff = idle
+        resume = False
         while True:
             try:
+                if resume:  # start again from what was committed, as after a restart
+                    await self._resume()
+                    resume = False
                 applied = await self.apply_once()
             except ShadowMismatch:
                 raise
@@ -269,7 +277,7 @@ class Applier:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                await self._resume()
+                resume = True
                 continue
             backoff = idle
             if applied == 0:
@@ -280,10 +288,13 @@ class Applier:
         target = await self.stream.head() if head is None else head
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._cursor < target:
+        while True:
+            if self._task is not None and self._task.done():
+                self._task.result()  # raises what stopped it (a strict-mode mismatch)
+                raise RuntimeError("the shadow applier has stopped")
+            if self._cursor >= target:
+                return
             if self._task is not None:
-                if self._task.done():
-                    self._task.result()
                 await asyncio.sleep(0.01)
             else:
                 await self.apply_once()
@@ -350,6 +361,8 @@ class Applier:
         # the in-doubt resolver answers after in_doubt_after_s; past a few times that, with
         # no resolver running, the applier goes on without the answer
         patience = HOLD_IN_DOUBT_FACTOR * self.settings.in_doubt_after_s
+        if self.replaying_to is not None and last_seq <= self.replaying_to:
+            patience = 0.0  # a recorded stream: what has no answer by now never will
         cutoff = last_seq + 1
         for request_id, intent in self._pending.items():
             if now - self._seen.get(request_id, now) < patience:

@@ -281,6 +281,60 @@ async def _divergences_list(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from sidecar.mapping_file import load_route_table
+    from sidecar.stream_replay import first_seq_since, replay
+
+    mapping = args.mapping or settings.proxy.mapping
+    if mapping is None:
+        raise ConfigError("proxy.mapping: a replay applies the stream through a mapping file")
+    routes = load_route_table(mapping)
+    logging.getLogger("sidecar.applier").setLevel(logging.ERROR)  # the report says it all
+    from_seq = args.from_seq
+    if args.since is not None:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise ConfigError(f"--since: not an ISO time: {args.since!r}") from None
+        if since.tzinfo is None:
+            raise ConfigError("--since: give a time zone, e.g. 2026-11-26T10:00:00+00:00")
+        from_seq = await first_seq_since(settings, since)
+    report = await replay(
+        settings,
+        routes,
+        from_seq=from_seq,
+        into=args.into,
+        keep=args.keep,
+        progress=None if args.json else progress("stream replayed"),
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    kinds = sorted(set(report.before) | set(report.after))
+    print(
+        table(
+            ["divergence kind", "live", "replayed", "change"],
+            [
+                [k, report.before[k], report.after[k], report.after[k] - report.before[k]]
+                for k in kinds
+            ]
+            or [["(none)", 0, 0, 0]],
+        )
+    )
+    print(
+        f"\nstream offsets {report.from_seq + 1}..{report.head} replayed into "
+        f"{report.replay_schema} in {report.seconds:.1f} s; {len(report.changed)} requests "
+        "compare differently now"
+    )
+    for change in report.changed[:10]:
+        print(
+            f"  offset {change['seq']}  {change['route']}: {change['before']} -> {change['after']}"
+        )
+    return 0
+
+
 async def _stream_status(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.db.connect import create_pool
     from sidecar.stream_status import stream_status
@@ -433,6 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_divergences_list)
+
+    p = groups.add_parser(
+        "replay", help="rebuild a fresh ledger from the stream and compare again (before/after)"
+    )
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_seq", type=int, default=0, metavar="OFFSET")
+    start.add_argument("--since", metavar="TIME", help="ISO time with zone")
+    p.add_argument("--into", help="schema to replay into (default: <schema>_replay)")
+    p.add_argument("--mapping", help="mapping file (default: proxy.mapping)")
+    p.add_argument("--keep", action="store_true", help="keep the replayed schema")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_replay)
 
     stream = groups.add_parser("stream", help="the mirror stream")
     sub = stream.add_subparsers(dest="command", required=True)

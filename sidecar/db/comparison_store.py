@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 from sidecar.db.connect import pooled
+from sidecar.db.mirror_store import fetch_offset
 from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.shadow import ComparisonRecord
 
@@ -27,6 +28,12 @@ FROM comparisons
 WHERE outcome = 'mismatch' AND ($1::text IS NULL OR account_id = $1 OR accounts @> ARRAY[$1])
   AND seq > $2
 ORDER BY seq LIMIT $3
+"""
+ALL_AFTER = """
+SELECT request_id, seq, intent_seq, partition, route, operation, outcome, kinds, monetary,
+       account_id, accounts, differences::text AS differences, at_risk::text AS at_risk,
+       ledger_seq, trace_id, detail, compared_at
+FROM comparisons WHERE seq > $1 ORDER BY seq
 """
 COUNTS = """
 SELECT outcome, kinds, monetary, count(*) AS n FROM comparisons GROUP BY 1, 2, 3
@@ -110,6 +117,17 @@ class PostgresComparisonStore:
             snapshot = await conn.fetchval(BOOTSTRAP_SNAPSHOT)
             opened = frozenset(r["account_id"] for r in await conn.fetch(BOOTSTRAP_OPENED))
         return BootstrapState(plan, bool(snapshot), opened)
+
+    async def offset(self, consumer: str, partition: int) -> int:
+        """A consumer's committed offset, in this store's schema (0 if none)."""
+        async with pooled(self._pool) as conn:
+            return await fetch_offset(conn, consumer, partition)
+
+    async def by_request(self, after_seq: int = 0) -> dict[str, dict[str, Any]]:
+        """Every comparison after ``after_seq``, by request id (what a replay holds up)."""
+        async with pooled(self._pool) as conn:
+            rows = await conn.fetch(ALL_AFTER, after_seq)
+        return {r["request_id"]: divergence_from_row(r) for r in rows}
 
     async def ledger_position(self) -> int:
         """The last ledger seq a recorded comparison was decided by."""

@@ -61,6 +61,7 @@ class ShadowStack:
     port: int = 0
     #: run the demo legacy service in its own process (as a deployment does), not in this one
     legacy_process: bool = False
+    mapping: Path = MAPPING
     legacy: LegacyService = field(init=False)
     sidecar: Sidecar = field(init=False)
     legacy_url: str = field(init=False)
@@ -140,7 +141,7 @@ class ShadowStack:
             legacy_url=self.legacy_url,
             port=self.port,
             mode="shadow",
-            mapping=str(MAPPING),
+            mapping=str(self.mapping),
         )
         self.sidecar = Sidecar(replace(self.settings, proxy=proxy))
         await self.sidecar.start()
@@ -240,10 +241,15 @@ def summarise(
             if d["account_id"]:
                 kinds_by_account.setdefault(d["account_id"], set()).add(kind)
     detected: Counter[str] = Counter()
+    missed: list[dict[str, Any]] = []
     for fault in faults:
         wanted = DETECTED_BY.get(fault["kind"])
-        if wanted and any(kinds_by_account.get(a, set()) & wanted for a in fault["accounts"]):
+        if not wanted:
+            continue
+        if any(kinds_by_account.get(a, set()) & wanted for a in fault["accounts"]):
             detected[fault["kind"]] += 1
+        else:
+            missed.append(fault)
     legacy_errors = counts.by_outcome.get("legacy_error", 0)
     if injected.get("server_error"):
         detected["server_error"] = min(injected["server_error"], legacy_errors)
@@ -271,6 +277,7 @@ def summarise(
         "detected_faults": dict(detected),
         "false_divergences": len(false),
         "false_divergence_examples": false[:5],
+        "undetected_faults": missed[:10],
         "latency_ms": traffic["latency_ms"],
     }
 
@@ -310,6 +317,11 @@ def render(summary: dict[str, Any]) -> str:
             [[t, _fmt(v["p50"]), _fmt(v["p99"]), v["n"]] for t, v in summary["latency_ms"].items()],
         ),
     ]
+    for fault in summary.get("undetected_faults") or []:
+        out.append(
+            f"undetected: {fault['kind']} on {', '.join(fault['accounts'])} "
+            f"(key {fault['key']}): {fault['detail']}"
+        )
     examples = summary.get("false_divergence_examples") or []
     if examples:
         out += ["", "false divergences (no injected fault explains them), first few:"]

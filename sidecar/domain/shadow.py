@@ -202,7 +202,8 @@ def serialise(items: Sequence[Pending]) -> list[int]:
     assumptions wins:
 
     1. a transfer the legacy service accepted moves before the overlapping accepted transfers
-       out of the account it credits (the money came in first, so both fit);
+       out of the account it credits (the money came in first, so both fit), unless legacy
+       refused an overlapping transfer out of that account (then it had not come in yet);
     2. a transfer it refused moves after the overlapping accepted transfers out of the same
        account (a near-floor race: the accepted one went first).
 
@@ -224,6 +225,11 @@ def serialise(items: Sequence[Pending]) -> list[int]:
         credit = credit_account(item.request)
         if item.legacy is not SideStatus.ACCEPTED or credit is None:
             continue
+        if any(
+            items[i].legacy is SideStatus.REJECTED and items[i].span.overlaps(item.span)
+            for i in debits.get(credit, ())
+        ):
+            continue  # legacy refused a payment out meanwhile: the money had not come in yet
         earlier = [
             i
             for i in debits.get(credit, ())

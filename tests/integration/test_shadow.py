@@ -15,7 +15,10 @@ from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.demo.legacy import FaultRates
 from sidecar.demo.shadow_demo import ShadowStack
-from sidecar.demo.traffic import run_traffic
+from sidecar.demo.traffic import TrafficReport, run_traffic
+from sidecar.domain.comparison import DivergenceKind
+from sidecar.domain.shadow import ComparisonRecord
+from sidecar.errors import ShadowMismatch
 from sidecar.verify import verify
 
 CUSTOMERS = 40
@@ -35,11 +38,11 @@ def shadow_settings(settings: Settings, db: DatabaseSettings) -> Settings:
 
 async def traffic(
     stack: ShadowStack, seconds: float, seed: int = 3, refundable: asyncio.Event | None = None
-) -> None:
+) -> TrafficReport:
     if refundable is None:
         refundable = asyncio.Event()
         refundable.set()
-    await run_traffic(
+    return await run_traffic(
         stack.sidecar_url,
         stack.sidecar_url,  # every read through the sidecar, so every one is compared
         [f"CUST-{i:05d}" for i in range(CUSTOMERS)],
@@ -189,3 +192,20 @@ async def test_unmapped_routes_pass_through_and_are_never_compared(
         counts = await stack.comparisons().counts()
     assert got == want
     assert counts.total == 0
+
+
+async def test_strict_mode_turns_the_first_mismatch_into_an_exception_with_its_record(
+    settings: Settings, db: DatabaseSettings
+) -> None:
+    strict = shadow_settings(settings, db)
+    strict = replace(strict, applier=replace(strict.applier, strict=True))
+    async with ShadowStack(strict, customers=CUSTOMERS) as stack:
+        await stack.bootstrap()
+        await stack.set_faults(FaultRates(wrong_balance=1.0))  # every balance read is off
+        await stack.read_every_balance()
+        with pytest.raises(ShadowMismatch) as raised:
+            await stack.catch_up(timeout_s=30)
+    record = raised.value.record
+    assert isinstance(record, ComparisonRecord)
+    assert record.comparison.kinds == {DivergenceKind.BALANCE}
+    assert raised.value.code == "shadow_mismatch"

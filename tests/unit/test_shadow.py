@@ -120,6 +120,16 @@ def test_money_coming_in_moves_before_an_overlapping_payment_out_of_that_account
     assert serialise(items) == [1, 0]
 
 
+def test_money_coming_in_stays_after_a_refusal_it_overlapped() -> None:
+    incoming = Transfer.between("k3", debit="b", credit="a", amount_minor=100, currency="EUR")
+    items = [
+        Pending(Span(1, 5), SideStatus.ACCEPTED, pay("k1", "a")),
+        Pending(Span(2, 6), SideStatus.REJECTED, pay("k2", "a")),
+        Pending(Span(3, 7), SideStatus.ACCEPTED, incoming),
+    ]
+    assert serialise(items) == [0, 1, 2]
+
+
 def test_exchanges_that_did_not_overlap_keep_their_order() -> None:
     items = [
         Pending(Span(1, 2), SideStatus.REJECTED, pay("k1", "a")),
