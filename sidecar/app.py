@@ -23,6 +23,7 @@ from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import migrate
 from sidecar.db.mirror_store import PostgresMirrorLog
+from sidecar.errors import ConfigError
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
@@ -31,13 +32,82 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sidecar:
+class ShadowWorker:
+    """The shadow path behind the stream: the applier and the in-doubt resolver, with their
+    own database pool and legacy connection. Runs inside the sidecar (tests, the demo's
+    stack) or as its own process (``ledger-sidecar apply``, which ``serve`` starts), so that
+    its work never takes the customer path's event loop."""
+
     settings: Settings
-    proxy: Proxy | None = None
     applier: Applier | None = None
     resolver: InDoubtResolver | None = None
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    async def start(self) -> None:
+        settings = self.settings
+        stack = self._stack
+        if settings.proxy.mapping is None:
+            raise ConfigError("proxy.mapping: the shadow applier needs a mapping file")
+        try:
+            # 1. the mapping, 2. migrations and a pool, 3. the applier, 4. the resolver
+            routes = load_route_table(settings.proxy.mapping)
+            await migrate(settings.database)
+            pool = await create_pool(settings.database)
+            stack.push_async_callback(pool.close)
+            stream = PostgresMirrorLog(pool)
+            self.applier = Applier(
+                stream,
+                PostgresLedgerStore(pool),
+                PostgresComparisonStore(pool),
+                routes,
+                settings.applier,
+                settings.ledger,
+                settings.proxy.partitions,
+            )
+            await self.applier.start()
+            stack.push_async_callback(self.applier.stop)
+            session: aiohttp.ClientSession = await legacy_session(settings.proxy)
+            stack.push_async_callback(session.close)
+            self.resolver = InDoubtResolver(
+                stream,
+                routes,
+                session,
+                settings.proxy.legacy_url,
+                settings.applier.in_doubt_after_s,
+            )
+            self.resolver.start()
+            stack.push_async_callback(self.resolver.stop)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+
+@dataclass
+class Sidecar:
+    settings: Settings
+    #: run the shadow worker (applier, resolver) in this process; False when it runs as its
+    #: own process (``serve`` starts ``ledger-sidecar apply`` beside itself)
+    shadow_in_process: bool = True
+    proxy: Proxy | None = None
+    worker: ShadowWorker | None = None
     runner: web.AppRunner | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @property
+    def applier(self) -> Applier | None:
+        return self.worker.applier if self.worker else None
+
+    @applier.setter
+    def applier(self, applier: Applier | None) -> None:
+        assert self.worker is not None
+        self.worker.applier = applier
+
+    @property
+    def resolver(self) -> InDoubtResolver | None:
+        return self.worker.resolver if self.worker else None
 
     async def start(self) -> None:
         settings = self.settings
@@ -53,38 +123,17 @@ class Sidecar:
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
-                stream = PostgresMirrorLog(pool)
-                capture = Capture(stream, settings.capture)
+                capture = Capture(PostgresMirrorLog(pool), settings.capture)
                 await capture.start()
                 stack.push_async_callback(capture.stop)
-                # 2b. the shadow applier: stream -> ledger -> comparisons
-                assert routes is not None
-                self.applier = Applier(
-                    stream,
-                    PostgresLedgerStore(pool),
-                    PostgresComparisonStore(pool),
-                    routes,
-                    settings.applier,
-                    settings.ledger,
-                    settings.proxy.partitions,
-                )
-                await self.applier.start()
-                stack.push_async_callback(self.applier.stop)
+                # 2b. the shadow worker, here or in its own process
+                if self.shadow_in_process:
+                    self.worker = ShadowWorker(settings)
+                    await self.worker.start()
+                    stack.push_async_callback(self.worker.stop)
             # 3. the keep-alive pool towards the legacy service
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
-            # 3b. requests in doubt, resolved through the legacy service's lookup routes
-            if capture is not None and routes is not None:
-                assert self.applier is not None
-                self.resolver = InDoubtResolver(
-                    self.applier.stream,
-                    routes,
-                    session,
-                    settings.proxy.legacy_url,
-                    settings.applier.in_doubt_after_s,
-                )
-                self.resolver.start()
-                stack.push_async_callback(self.resolver.stop)
             # 4. the proxy, listening
             self.proxy = Proxy(settings.proxy, session, routes, capture)
             self.runner = web.AppRunner(self.proxy.app(), access_log=None, auto_decompress=False)

@@ -369,21 +369,48 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy = replace(proxy, mapping=args.mapping)
     if proxy.mode == "shadow" and proxy.mapping is None:
         raise ConfigError("proxy.mapping: shadow mode needs a mapping file (--mapping FILE)")
-    sidecar = Sidecar(replace(settings, proxy=proxy))
+    shadow = proxy.mode == "shadow"
+    sidecar = Sidecar(replace(settings, proxy=proxy), shadow_in_process=shadow and args.in_process)
     await sidecar.start()
-    print(
-        f"ledger-sidecar: {proxy.mode} mode on http://{proxy.host}:{sidecar.port} "
-        f"in front of {proxy.legacy_url}",
-        file=sys.stderr,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    worker: asyncio.subprocess.Process | None = None
     try:
-        await stop.wait()
+        if shadow and not args.in_process:
+            # the applier in its own process: its work never holds up a customer's answer
+            command = [sys.executable, "-m", "sidecar.cli"]
+            if args.config:
+                command += ["--config", args.config]
+            if args.schema_override:
+                command += ["--schema", args.schema_override]
+            command += ["apply", "--mapping", str(proxy.mapping)]
+            env = {**os.environ, "LEGACY_URL": proxy.legacy_url}
+            worker = await asyncio.create_subprocess_exec(*command, env=env)
+        print(
+            f"ledger-sidecar: {proxy.mode} mode on http://{proxy.host}:{sidecar.port} "
+            f"in front of {proxy.legacy_url}"
+            + (f" (shadow applier: process {worker.pid})" if worker else ""),
+            file=sys.stderr,
+        )
+        await _until_signalled()
     finally:
+        if worker is not None and worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
         await sidecar.stop()
+    return 0
+
+
+async def _apply(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.app import ShadowWorker
+
+    proxy = settings.proxy
+    if args.mapping is not None:
+        proxy = replace(proxy, mapping=args.mapping)
+    worker = ShadowWorker(replace(settings, proxy=proxy))
+    await worker.start()
+    try:
+        await _until_signalled()
+    finally:
+        await worker.stop()
     return 0
 
 
@@ -431,7 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port (default: proxy.port)")
     p.add_argument("--mode", choices=["legacy", "shadow"], help="default: proxy.mode")
     p.add_argument("--mapping", help="legacy-route mapping file (default: proxy.mapping)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the shadow applier in this process instead of its own",
+    )
     p.set_defaults(handler=_serve)
+
+    p = groups.add_parser(
+        "apply", help="run the shadow applier and in-doubt resolver alone (serve starts it)"
+    )
+    p.add_argument("--mapping", help="legacy-route mapping file (default: proxy.mapping)")
+    p.set_defaults(handler=_apply)
 
     p = groups.add_parser(
         "demo",
@@ -474,9 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_demo_traffic)
 
     p = groups.add_parser(
-        "bootstrap", help="record a snapshot of the legacy accounts for the applier to open"
+        "bootstrap",
+        help="open the legacy accounts in the ledger with their balances, under live traffic",
     )
     p.add_argument("--source", help="listing URL or JSON file (default: <legacy_url>/v1/accounts)")
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="record the file's balances as one snapshot (exact only if nothing moved)",
+    )
     p.set_defaults(handler=_bootstrap)
 
     divergences = groups.add_parser("divergences", help="what the comparisons found")
