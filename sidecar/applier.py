@@ -166,6 +166,7 @@ class Applier:
         self._cursor = 0
         self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
         self._pending: OrderedDict[str, MirrorEvent] = OrderedDict()  # intents awaiting outcome
+        self._held: dict[str, MirrorEvent] = {}  # intents of answered exchanges held back
         self._recent: dict[str, deque[tuple[Span, int]]] = {}  # account -> (span, effect)
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
@@ -209,6 +210,7 @@ class Applier:
         }
         self._cursor = min(self._done.values(), default=0)
         self._pending.clear()
+        self._held = {}
         self._seen.clear()
         self._limit = self.settings.chunk_events_max
         self._ledger_position = await self.comparisons.ledger_position()
@@ -317,7 +319,10 @@ class Applier:
         # so that serialise() sees them together; the rest waits for the next group.
         cutoff = self._cutoff(events[-1].seq)
         held = [i for i in items if i.outcome.seq >= cutoff]
-        if held:  # read again next time (their intents are looked up by request id)
+        # held exchanges are read again next time; until then they count, with the unanswered
+        # ones, as not applied yet (whatever the read window was: live and replay agree)
+        self._held = {i.request_id: i.intent for i in held if i.intent is not None}
+        if held:
             items = [i for i in items if i.outcome.seq < cutoff]
             if cutoff - 1 <= self._cursor:
                 if len(events) == self._limit:  # the answer is further on: read further
@@ -386,7 +391,10 @@ class Applier:
                 self._seen.pop(record.request_id, None)
                 continue
             self._seen.pop(record.request_id, None)
-            items.append(_Item(self._pending.pop(record.request_id, None), event))
+            intent = self._pending.pop(record.request_id, None)
+            if intent is None:
+                intent = self._held.pop(record.request_id, None)
+            items.append(_Item(intent, event))
         missing = [i.request_id for i in items if i.intent is None]
         if missing:
             found = await self.stream.intents(missing)
@@ -517,13 +525,17 @@ class Applier:
                 return True
         if any(s.overlaps(span) for s, _ in self._recent.get(account, ())):
             return True
-        for intent in self._pending.values():
+        for intent in self._unapplied():
             if intent.seq >= span.outcome_seq:
                 break
             request = self._translate_intent(intent)
             if isinstance(request, Reversal) or account in effects(request):
                 return True
         return False
+
+    def _unapplied(self) -> list[MirrorEvent]:
+        """Intents read but not applied yet (unanswered, or answered and held), in seq order."""
+        return sorted([*self._pending.values(), *self._held.values()], key=lambda e: e.seq)
 
     def _read_balance(self, item: _Item) -> int | None:
         assert item.matched is not None
@@ -692,7 +704,7 @@ class Applier:
                 continue
             effect = _applied_effect(other).get(account, 0)
             (before if other_index < index else after).append(effect)
-        for request_id, intent in reversed(self._pending.items()):
+        for intent in reversed(self._unapplied()):
             if intent.seq >= span.outcome_seq:
                 continue
             if intent.seq < span.intent_seq - 10 * self.settings.chunk_events_max:
@@ -701,7 +713,6 @@ class Applier:
             effect = effects(request).get(account, 0)
             if effect:
                 after.append(effect)
-            del request_id
         return before, after
 
     def _translate_intent(self, intent: MirrorEvent) -> LedgerRequest | None:
