@@ -8,11 +8,18 @@ Guarantees (tests/integration/test_app.py):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import socket
+import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from sidecar.applier import Applier
@@ -22,8 +29,8 @@ from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import migrate
-from sidecar.db.mirror_store import PostgresMirrorLog
-from sidecar.errors import ConfigError
+from sidecar.db.mirror_store import PostgresMirrorLog, save_capture_counts
+from sidecar.errors import ConfigError, SidecarError
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
@@ -85,6 +92,52 @@ class ShadowWorker:
         await self._stack.aclose()
 
 
+class CountsSaver:
+    """Owner of the task that saves this instance's served and captured totals every second
+    (and once more at stop), for ``ledger-sidecar stream status``."""
+
+    def __init__(self, pool: asyncpg.Pool, sidecar: Sidecar) -> None:
+        self._pool = pool
+        self._sidecar = sidecar
+        self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started_at = datetime.now(UTC)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="capture-counts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(SidecarError):
+            await self.save()
+
+    async def save(self) -> None:
+        proxy = self._sidecar.proxy
+        if proxy is None or proxy.capture is None:
+            return
+        stats = proxy.capture.stats
+        counts = {
+            "served": proxy.stats.requests,
+            "mapped": proxy.stats.mapped,
+            "recorded": stats.recorded,
+            "committed": stats.committed,
+            "late": stats.late,
+            "dropped": dict(stats.dropped),
+        }
+        await save_capture_counts(self._pool, self._instance, self._started_at, counts)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.save()
+            except SidecarError as exc:  # the database is down: the next save catches up
+                log.warning("capture counts not saved", extra={"event": "counts", "code": exc.code})
+
+
 @dataclass
 class Sidecar:
     settings: Settings
@@ -125,7 +178,11 @@ class Sidecar:
                 stack.push_async_callback(pool.close)
                 capture = Capture(PostgresMirrorLog(pool), settings.capture)
                 await capture.start()
+                # totals saved after capture has stopped too (callbacks run in reverse)
+                counts = CountsSaver(pool, self)
+                stack.push_async_callback(counts.stop)
                 stack.push_async_callback(capture.stop)
+                counts.start()
                 # 2b. the shadow worker, here or in its own process
                 if self.shadow_in_process:
                     self.worker = ShadowWorker(settings)

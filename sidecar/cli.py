@@ -337,8 +337,10 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _stream_status(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.db.connect import create_pool
+    from sidecar.db.migrate import migrate
     from sidecar.stream_status import stream_status
 
+    await migrate(settings.database)  # a schema from before the counts table gets it (empty)
     pool = await create_pool(settings.database)
     try:
         status = await stream_status(pool, settings.proxy.partitions)

@@ -1,6 +1,8 @@
 """``ledger-sidecar stream status``: capture completeness, measured from the stream itself.
 
-Counts what was captured (intents, outcomes), compared (by outcome) and applied to the ledger;
+Counts what the sidecar instances served and handed to capture (saved by each instance every
+second, drops by reason), what was captured (intents, outcomes), compared (by outcome) and
+applied to the ledger;
 each consumer's offset and how far it is behind the head; and the gaps, by stream offset:
 intents older than the in-doubt age with no outcome, and outcomes the comparing consumer has
 passed without a comparison (which should never happen: each one is a bug to report).
@@ -22,6 +24,21 @@ SELECT
   (SELECT count(*) FROM comparisons) AS compared,
   (SELECT count(*) FROM comparisons WHERE ledger_seq IS NOT NULL
       OR outcome IN ('match', 'mismatch') AND operation <> 'balance') AS applied
+"""
+SERVED = """
+SELECT coalesce(sum(served), 0)::bigint AS served, coalesce(sum(mapped), 0)::bigint AS mapped,
+       coalesce(sum(recorded), 0)::bigint AS recorded,
+       coalesce(sum(committed), 0)::bigint AS committed,
+       coalesce(sum(late), 0)::bigint AS late, count(*) AS instances
+FROM capture_counts
+"""
+DROPPED = """
+SELECT d.key AS reason, sum(d.value::bigint)::bigint AS n
+FROM capture_counts, jsonb_each_text(dropped) AS d GROUP BY 1 ORDER BY 1
+"""
+RESOLVED = """
+SELECT content->>'in_doubt' AS how, count(*) AS n FROM mirror_events
+WHERE kind = 'outcome' AND content ? 'in_doubt' GROUP BY 1 ORDER BY 1
 """
 BY_OUTCOME = "SELECT outcome, count(*) AS n FROM comparisons GROUP BY 1 ORDER BY 1"
 CONSUMERS = """
@@ -47,6 +64,9 @@ async def stream_status(
 ) -> dict[str, Any]:
     async with pooled(pool) as conn:
         counts = dict(await conn.fetchrow(COUNTS))
+        served = dict(await conn.fetchrow(SERVED))
+        dropped = {r["reason"]: r["n"] for r in await conn.fetch(DROPPED)}
+        resolved = {r["how"]: r["n"] for r in await conn.fetch(RESOLVED)}
         by_outcome = {r["outcome"]: r["n"] for r in await conn.fetch(BY_OUTCOME)}
         consumers = [(r["consumer"], r["seq"]) for r in await conn.fetch(CONSUMERS)]
         compared_to = dict(consumers).get("compare", 0)
@@ -54,6 +74,12 @@ async def stream_status(
         uncompared = [dict(r) for r in await conn.fetch(UNCOMPARED, compared_to)]
     head = counts.pop("head")
     out_counts = {
+        "served (all instances)": served["served"],
+        "served on mapped routes": served["mapped"],
+        "records handed to capture": served["recorded"],
+        "records committed": served["committed"],
+        "records committed late": served["late"],
+        **{f"records dropped: {reason}": n for reason, n in dropped.items()},
         "stream head": head,
         "captured intents": counts["intents"],
         "captured outcomes": counts["outcomes"],
@@ -61,6 +87,7 @@ async def stream_status(
         "applied to the ledger": counts["applied"],
     }
     out_counts.update({f"compared: {k}": v for k, v in by_outcome.items()})
+    out_counts.update({f"in doubt, resolved: {k}": v for k, v in resolved.items()})
     return {
         "head": head,
         "partitions": partitions,

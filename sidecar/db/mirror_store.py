@@ -47,6 +47,35 @@ ON CONFLICT (consumer, partition) DO UPDATE SET seq = EXCLUDED.seq
 """
 
 
+SAVE_COUNTS = """
+INSERT INTO capture_counts (instance, started_at, served, mapped, recorded, committed, late,
+                            dropped)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+ON CONFLICT (instance) DO UPDATE SET
+    updated_at = clock_timestamp(), served = EXCLUDED.served, mapped = EXCLUDED.mapped,
+    recorded = EXCLUDED.recorded, committed = EXCLUDED.committed, late = EXCLUDED.late,
+    dropped = EXCLUDED.dropped
+"""
+
+
+async def save_capture_counts(
+    pool: asyncpg.Pool, instance: str, started_at: Any, counts: dict[str, Any]
+) -> None:
+    """One instance's running totals (``capture_counts``, migration 0006)."""
+    async with pooled(pool) as conn:
+        await conn.execute(
+            SAVE_COUNTS,
+            instance,
+            started_at,
+            counts["served"],
+            counts["mapped"],
+            counts["recorded"],
+            counts["committed"],
+            counts["late"],
+            orjson.dumps(counts["dropped"]).decode(),
+        )
+
+
 def event_from_row(row: Any) -> MirrorEvent:
     return MirrorEvent(
         row["seq"],

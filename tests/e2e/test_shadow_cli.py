@@ -42,7 +42,11 @@ def test_the_demo_then_the_operator_commands_on_what_it_left(schema: str) -> Non
     status = cli("--schema", schema, "stream", "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["counts"]["compared"] == summary["comparisons"]
+    counts = report["counts"]
+    assert counts["compared"] == summary["comparisons"]
+    assert counts["served (all instances)"] >= counts["served on mapped routes"] > 0
+    dropped = sum(v for k, v in counts.items() if k.startswith("records dropped"))
+    assert counts["records handed to capture"] == counts["records committed"] + dropped
     assert report["counts"]["captured outcomes"] <= report["counts"]["captured intents"]
     assert [g for g in report["gaps"] if g["reason"] == "not_compared"] == []
     assert dict((c[0], c[2]) for c in report["consumers"])["compare"] == 0  # caught up
