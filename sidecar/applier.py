@@ -25,11 +25,11 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sidecar.config import ApplierSettings, LedgerSettings
-from sidecar.db.comparison_store import PostgresComparisonStore
+from sidecar.db.comparison_store import BalanceReader, PostgresComparisonStore
 from sidecar.domain.bootstrap import (
     BOOTSTRAP_ROUTE,
     migration_account,
@@ -46,7 +46,16 @@ from sidecar.domain.comparison import (
     compare,
     legacy_decimal,
 )
-from sidecar.domain.ledger import Account, Command, OpenAccount, Result, Reversal, Transfer
+from sidecar.domain.ledger import (
+    Account,
+    Command,
+    OpenAccount,
+    Result,
+    Reversal,
+    Transfer,
+    keys_needed,
+    plan_batch,
+)
 from sidecar.domain.mapping import CompareKind, CompareRule, MatchedRoute, RouteTable
 from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
@@ -75,12 +84,10 @@ from sidecar.domain.translate import (
 from sidecar.errors import (
     InvalidAmount,
     InvalidCommand,
-    LedgerBusy,
     ShadowMismatch,
     SidecarError,
 )
 from sidecar.ports import LedgerStore, MirrorLog
-from sidecar.posting import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,7 @@ LEDGER_CONSUMER = "ledger"
 COMPARE_CONSUMER = "compare"
 #: overlapping exchanges remembered per account, to explain differences by order
 RECENT_PER_ACCOUNT = 32
+ANY_ACCOUNT = "*"  # a reversal touches its target's accounts, unknown until it is decided
 PENDING_INTENTS_MAX = 100_000
 READ_EVENTS_MAX = 200_000
 HOLD_IN_DOUBT_FACTOR = 4
@@ -160,19 +168,21 @@ class Applier:
         self.routes = routes
         self.settings = settings
         self.partitions = partitions
-        # one writer: commands are decided in the order the applier submits them
-        self.ledger = Ledger(store, replace(ledger_settings, partitions=1))
+        del ledger_settings  # the applier plans and commits each group itself, in one go
         self.stats = ApplierStats()
         self._cursor = 0
         self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
         self._pending: OrderedDict[str, MirrorEvent] = OrderedDict()  # intents awaiting outcome
         self._held: dict[str, MirrorEvent] = {}  # intents of answered exchanges held back
         self._recent: dict[str, deque[tuple[Span, int]]] = {}  # account -> (span, effect)
+        self._touched: dict[str, deque[Span]] = {}  # account -> spans of requests moving it
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
         self._ledger_position = 0  # the ledger seq the last compared group left
-        #: replaying a recorded stream up to this seq (None: following a live one)
+        #: replaying a recorded stream up to this seq (None: following a live one), and the
+        #: requests of that stream with no answer in it
         self.replaying_to: int | None = None
+        self.never_answered: frozenset[str] = frozenset()
         self._bootstrapped = not settings.require_bootstrap
         self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
         self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
@@ -183,7 +193,6 @@ class Applier:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.ledger.start()
         await self._resume()
         self._started = True
         self._task = asyncio.create_task(self._run(), name="shadow-applier")
@@ -194,8 +203,12 @@ class Applier:
             with contextlib.suppress(asyncio.CancelledError, ShadowMismatch):
                 await self._task  # a strict-mode stop was raised to catch_up already
             self._task = None
-        await self.ledger.stop()
         self._started = False
+
+    async def wait(self) -> None:
+        """Until the applier's loop ends, which it only does by failing: raises why."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     @property
     def cursor(self) -> int:
@@ -213,7 +226,7 @@ class Applier:
         self._held = {}
         self._seen.clear()
         self._limit = self.settings.chunk_events_max
-        self._ledger_position = await self.comparisons.ledger_position()
+        self._ledger_position = (await self.store.head()).seq
         await self._restore_bootstrap()
         await self._warm()
 
@@ -230,12 +243,16 @@ class Applier:
         if outcome is None:  # pragma: no cover - a recorded plan is in the stream
             return
         self._planned = plan_accounts(body_of(outcome.record.content), self.routes.currencies)
-        self._awaiting = {k: v for k, v in self._planned.items() if k not in state.opened}
+        # a group's ledger writes commit with its comparisons: the ledger is the state as of
+        # the resume point, so what it holds is open
+        held = set((await self.store.load(self._planned, ())).accounts)
+        self._awaiting = {k: v for k, v in self._planned.items() if k not in held}
 
     async def _warm(self) -> None:
         """Remember the movements just before the resume point, as if never stopped: they
         explain differences by order for the exchanges right after it."""
         self._recent.clear()
+        self._touched.clear()
         start = max(0, self._cursor - WARM_EVENTS)
         events = await self.stream.read(start, self._cursor - start)
         intents = {e.record.request_id: e for e in events if e.record.kind is RecordKind.INTENT}
@@ -247,13 +264,14 @@ class Applier:
                 continue
             item.exchange = exchange_of(item.intent.record, event.record)
             matched = self.routes.match(item.exchange.method, item.exchange.path)
-            if matched is None or legacy_side(matched.route, item.exchange)[0] is not (
-                SideStatus.ACCEPTED
-            ):
+            if matched is None:
                 continue
             try:
                 request = to_ledger(matched, item.exchange, self.routes.currencies)
             except InvalidCommand:
+                continue
+            self._touch(item.span, request)
+            if legacy_side(matched.route, item.exchange)[0] is not SideStatus.ACCEPTED:
                 continue
             for account, effect in effects(request).items():
                 recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
@@ -311,42 +329,41 @@ class Applier:
 
     async def apply_once(self) -> int:
         """Read, apply, compare and record one group; returns how many events it consumed."""
-        events = await self.stream.read(self._cursor, self._limit)
-        if not events:
-            return 0
-        items = await self._pair(events)
-        # An exchange is applied only once every exchange that overlapped it is answered,
-        # so that serialise() sees them together; the rest waits for the next group.
-        cutoff = self._cutoff(events[-1].seq)
-        held = [i for i in items if i.outcome.seq >= cutoff]
-        # held exchanges are read again next time; until then they count, with the unanswered
-        # ones, as not applied yet (whatever the read window was: live and replay agree)
-        self._held = {i.request_id: i.intent for i in held if i.intent is not None}
-        if held:
-            items = [i for i in items if i.outcome.seq < cutoff]
-            if cutoff - 1 <= self._cursor:
-                if len(events) == self._limit:  # the answer is further on: read further
-                    self._limit = min(self._limit * 2, READ_EVENTS_MAX)
+        while True:
+            limit = self._limit
+            if self.replaying_to is not None:  # a recorded stream: nothing past its head
+                limit = min(limit, self.replaying_to - self._cursor)
+                if limit <= 0:
+                    return 0
+            events = await self.stream.read(self._cursor, limit)
+            if not events:
                 return 0
+            items = await self._pair(events)
+            # An exchange is applied only once every exchange that overlapped it is answered,
+            # so that serialise() sees them together; the rest waits for the next group.
+            cutoff = self._cutoff(events[-1].seq)
+            held = [i for i in items if i.outcome.seq >= cutoff]
+            # held exchanges are read again next time; until then they count, with the
+            # unanswered ones, as not applied yet (whatever the window: live and replay agree)
+            self._held = {i.request_id: i.intent for i in held if i.intent is not None}
+            if held:
+                items = [i for i in items if i.outcome.seq < cutoff]
+            if not held or cutoff - 1 > self._cursor:
+                break
+            if len(events) < limit or self._limit >= READ_EVENTS_MAX:
+                return 0  # the answer is not in the stream yet: wait for it
+            self._limit = min(self._limit * 2, READ_EVENTS_MAX)  # it is further on: read more
         self._limit = self.settings.chunk_events_max
         items.sort(key=lambda i: i.span.outcome_seq)
         for item in items:
             self._understand(item)
         pendings = [Pending(i.span, i.legacy_status, i.request) for i in items]
         ordered = [items[i] for i in serialise(pendings)]
-        await self._apply(ordered)
-        self._compare(ordered)
         last = min(events[-1].seq, cutoff - 1)
-        records = [i.record for i in ordered if i.record is not None]
-        checkpoints = [Checkpoint(COMPARE_CONSUMER, p, last) for p in range(self.partitions)]
-        await self.comparisons.record(records, checkpoints)
+        records = await self._apply(ordered, last)
         self._cursor = last
         for p in range(self.partitions):
             self._done[p] = max(self._done.get(p, 0), last)
-        for item in ordered:
-            seq = _place_of(item.result)
-            if seq is not None:
-                self._ledger_position = max(self._ledger_position, seq)
         self._remember(ordered)
         self._count(records, last)
         if self.settings.strict:
@@ -366,10 +383,14 @@ class Applier:
         # the in-doubt resolver answers after in_doubt_after_s; past a few times that, with
         # no resolver running, the applier goes on without the answer
         patience = HOLD_IN_DOUBT_FACTOR * self.settings.in_doubt_after_s
-        if self.replaying_to is not None and last_seq <= self.replaying_to:
-            patience = 0.0  # a recorded stream: what has no answer by now never will
         cutoff = last_seq + 1
         for request_id, intent in self._pending.items():
+            if self.replaying_to is not None:
+                # a recorded stream: hold for every answer it holds, for none it lacks
+                if request_id not in self.never_answered:
+                    cutoff = min(cutoff, intent.seq)
+                    break
+                continue
             if now - self._seen.get(request_id, now) < patience:
                 cutoff = min(cutoff, intent.seq)
                 break  # the dict keeps stream order: the first one is the oldest
@@ -464,7 +485,7 @@ class Applier:
         except InvalidCommand as exc:
             item.skip = f"bootstrap {kind}: {exc.message}"
 
-    def _stand_in(self, ordered: Sequence[_Item]) -> None:
+    def _stand_in(self, ordered: Sequence[_Item], existing: set[str]) -> None:
         """Decide, in order, what each exchange posts while accounts await their bootstrap
         read: opening commands at a clean read, the migration account standing in for an
         account not yet opened, nothing for a movement the snapshot already holds."""
@@ -476,8 +497,15 @@ class Applier:
                 item.opening = [
                     OpenAccount(migration_account(currencies[code])) for code in sorted(currencies)
                 ]
+                # an account the ledger holds already (a bootstrap run again, or opened
+                # through the legacy API) is not opened again
+                fresh = {
+                    k: v
+                    for k, v in item.plan.items()
+                    if k not in existing and (k not in self._planned or k in self._awaiting)
+                }
                 self._planned.update(item.plan)
-                self._awaiting.update(item.plan)
+                self._awaiting.update(fresh)
                 continue
             if item.bootstrap == "read":
                 assert isinstance(item.request, BalanceRead)
@@ -516,15 +544,16 @@ class Applier:
         """Whether money may have moved on ``account`` while it was being read: then the read
         may or may not hold that movement, and is not used."""
         span = read.span
+        # what was asked, not what was decided: the same answer live and in a replay,
+        # whichever group each exchange fell in
         for other in ordered:
-            if other is read or not other.span.overlaps(span):
-                continue
-            if other.legacy_status is not SideStatus.ACCEPTED or other.request is None:
+            if other is read or not other.span.overlaps(span) or other.request is None:
                 continue
             if isinstance(other.request, Reversal) or account in effects(other.request):
                 return True
-        if any(s.overlaps(span) for s, _ in self._recent.get(account, ())):
-            return True
+        for key in (account, ANY_ACCOUNT):
+            if any(s.overlaps(span) for s in self._touched.get(key, ())):
+                return True
         for intent in self._unapplied():
             if intent.seq >= span.outcome_seq:
                 break
@@ -552,72 +581,67 @@ class Applier:
             return None
         return int(exact) if exact == exact.to_integral_value() else None
 
-    async def _apply(self, ordered: Sequence[_Item]) -> None:
-        """Submit every command in order, then read balances where the stream position says."""
-        futures: list[tuple[_Item, asyncio.Future[Result]]] = []
-        reads: list[_Item] = []
-        openings: list[tuple[_Item, list[asyncio.Future[Result]]]] = []
-        self._stand_in(ordered)
+    async def _apply(self, ordered: Sequence[_Item], last: int) -> list[ComparisonRecord]:
+        """Decide the group's commands in one plan, then in one transaction: write them with
+        the ``ledger`` offsets, read balances where the stream position says, compare, and
+        store the comparisons with the ``compare`` offsets. A failure writes nothing."""
+        planned = [i.plan for i in ordered if i.bootstrap == "plan"]
+        existing: set[str] = set()
+        if planned:
+            names = {name for plan in planned for name in plan}
+            existing = set((await self.store.load(names, ())).accounts)
+        self._stand_in(ordered, existing)
+        commands: list[Command] = []
+        owners: list[_Item] = []
         for item in ordered:
-            checkpoint = Checkpoint(
-                LEDGER_CONSUMER, item.outcome.record.partition, item.outcome.seq
-            )
-            if item.opening:
-                submit = self.ledger.writers[0].submit
-                openings.append((item, [submit(c, checkpoint) for c in item.opening]))
+            if item.skip is not None:
                 continue
-            if item.skip is not None or item.request is None:
-                continue
-            if isinstance(item.request, BalanceRead):
-                reads.append(item)
-                continue
-            if item.command is not None:
-                futures.append((item, self.ledger.writers[0].submit(item.command, checkpoint)))
-        transient: SidecarError | None = None
-        for item, future in futures:
-            try:
-                item.result = await future
-            except SidecarError as exc:
-                if exc.retryable or isinstance(exc, LedgerBusy):
-                    transient = transient or exc
-                item.result = exc
-        for item, opened in openings:
-            results = await asyncio.gather(*opened, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            for error in failed:
-                if isinstance(error, SidecarError) and (
-                    error.retryable or isinstance(error, LedgerBusy)
+            for command in item.opening or ([item.command] if item.command else []):
+                commands.append(command)
+                owners.append(item)
+        account_ids, keys = keys_needed(commands)
+        plan = plan_batch(await self.store.load(account_ids, keys), commands)
+        ledger_at = [Checkpoint(LEDGER_CONSUMER, p, last) for p in range(self.partitions)]
+        compare_at = [Checkpoint(COMPARE_CONSUMER, p, last) for p in range(self.partitions)]
+
+        async def finish(first_seq: int | None, ledger: BalanceReader) -> list[ComparisonRecord]:
+            results = plan.results if first_seq is None else plan.with_first_seq(first_seq)
+            decided: dict[int, list[Result]] = {}
+            for item, result in zip(owners, results, strict=True):
+                decided.setdefault(id(item), []).append(result)
+            for item in ordered:
+                outcomes = decided.get(id(item))
+                if outcomes is None:
+                    continue
+                if item.opening:  # an error if any, else the opening transfer's outcome
+                    item.result = next(
+                        (r for r in outcomes if isinstance(r, SidecarError)), outcomes[-1]
+                    )
+                else:
+                    item.result = outcomes[0]
+            # each read sees the ledger as every exchange applied before it left it
+            running = self._ledger_position
+            for item in ordered:
+                if (
+                    isinstance(item.request, BalanceRead)
+                    and item.skip is None
+                    and (item.bootstrap is None)
                 ):
-                    transient = transient or error
-            item.result = next(
-                (r for r in failed if isinstance(r, SidecarError)),
-                next((r for r in reversed(results) if isinstance(r, TransferOutcome)), None),
-            )
-            if failed and not isinstance(item.result, SidecarError):
-                raise failed[0]
-        if transient is not None:
-            raise transient
-        if not reads:
-            return
-        # each read sees the ledger as every exchange applied before it left it; a write
-        # redone after a crash is a replay and keeps its first seq, which is its place
-        position: dict[int, int] = {}
-        running = self._ledger_position
-        for index, item in enumerate(ordered):
-            position[index] = running
+                    item.result = await ledger.balance(item.request.account_id, running)
+                seq = _place_of(item.result)
+                if seq is not None:
+                    running = max(running, seq)
+            self._compare(ordered)
+            return [i.record for i in ordered if i.record is not None]
+
+        records = await self.comparisons.apply_group(
+            plan if not plan.is_empty else None, ledger_at, finish, compare_at
+        )
+        for item in ordered:
             seq = _place_of(item.result)
             if seq is not None:
-                running = max(running, seq)
-            position[index] = running
-        at = {id(item): position[index] for index, item in enumerate(ordered)}
-        balances = await asyncio.gather(
-            *(
-                self.store.balance(r.request.account_id, at[id(r)])  # type: ignore[union-attr]
-                for r in reads
-            )
-        )
-        for item, balance in zip(reads, balances, strict=True):
-            item.result = balance
+                self._ledger_position = max(self._ledger_position, seq)
+        return records
 
     def _compare(self, ordered: Sequence[_Item]) -> None:
         for index, item in enumerate(ordered):
@@ -715,6 +739,18 @@ class Applier:
                 after.append(effect)
         return before, after
 
+    def _touch(self, span: Span, request: LedgerRequest | None) -> None:
+        """Remember that ``request`` asked to move money on its accounts during ``span``."""
+        if isinstance(request, Reversal):
+            touched: Iterable[str] = (ANY_ACCOUNT,)  # its accounts are its target's
+        else:
+            touched = effects(request)
+        for account in touched:
+            spans = self._touched.get(account)
+            if spans is None:
+                spans = self._touched[account] = deque(maxlen=RECENT_PER_ACCOUNT)
+            spans.append(span)
+
     def _translate_intent(self, intent: MirrorEvent) -> LedgerRequest | None:
         exchange = exchange_of(intent.record, None)
         matched = self.routes.match(exchange.method, exchange.path)
@@ -726,6 +762,8 @@ class Applier:
             return None
 
     def _remember(self, ordered: Sequence[_Item]) -> None:
+        for item in ordered:
+            self._touch(item.span, item.request)
         for item in ordered:
             for account, effect in _applied_effect(item).items():
                 recent = self._recent.get(account)

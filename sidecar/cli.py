@@ -374,7 +374,8 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     shadow = proxy.mode == "shadow"
     sidecar = Sidecar(replace(settings, proxy=proxy), shadow_in_process=shadow and args.in_process)
     await sidecar.start()
-    worker: asyncio.subprocess.Process | None = None
+    supervisor: asyncio.Task[None] | None = None
+    children: list[asyncio.subprocess.Process] = []
     try:
         if shadow and not args.in_process:
             # the applier in its own process: its work never holds up a customer's answer
@@ -385,20 +386,41 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 command += ["--schema", args.schema_override]
             command += ["apply", "--mapping", str(proxy.mapping)]
             env = {**os.environ, "LEGACY_URL": proxy.legacy_url}
-            worker = await asyncio.create_subprocess_exec(*command, env=env)
+            supervisor = asyncio.create_task(_supervise(command, env, children))
         print(
             f"ledger-sidecar: {proxy.mode} mode on http://{proxy.host}:{sidecar.port} "
             f"in front of {proxy.legacy_url}"
-            + (f" (shadow applier: process {worker.pid})" if worker else ""),
+            + (" (the shadow applier runs as its own process)" if supervisor else ""),
             file=sys.stderr,
         )
         await _until_signalled()
     finally:
-        if worker is not None and worker.returncode is None:
-            worker.terminate()
-            await worker.wait()
+        if supervisor is not None:
+            supervisor.cancel()
+        for child in children:
+            if child.returncode is None:
+                child.terminate()
+                await child.wait()
         await sidecar.stop()
     return 0
+
+
+async def _supervise(
+    command: list[str], env: dict[str, str], children: list[asyncio.subprocess.Process]
+) -> None:
+    """Keep the applier process running: if it exits, say so and start it again (the proxy
+    goes on serving customers meanwhile)."""
+    pause = 1.0
+    while True:
+        child = await asyncio.create_subprocess_exec(*command, env=env)
+        children[:] = [child]
+        code = await child.wait()
+        print(
+            f"ledger-sidecar: the shadow applier exited ({code}); starting it again in {pause} s",
+            file=sys.stderr,
+        )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 30.0)
 
 
 async def _apply(settings: Settings, args: argparse.Namespace) -> int:
@@ -409,10 +431,20 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
         proxy = replace(proxy, mapping=args.mapping)
     worker = ShadowWorker(replace(settings, proxy=proxy))
     await worker.start()
+    assert worker.applier is not None
+    signalled = asyncio.create_task(_until_signalled())
+    failed = asyncio.create_task(worker.applier.wait())
     try:
-        await _until_signalled()
+        await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        signalled.cancel()
+        failed.cancel()
         await worker.stop()
+    if failed.done() and not failed.cancelled() and failed.exception() is not None:
+        # the applier stopped (strict mode, or a bug): say so and exit non-zero, so that the
+        # process supervisor (or serve) sees it instead of an idle process
+        print(f"ledger-sidecar apply: the applier stopped: {failed.exception()!r}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,11 +29,16 @@ from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import drop_schema, migrate
 from sidecar.db.mirror_store import PostgresMirrorLog
 from sidecar.domain.mapping import RouteTable
+from sidecar.errors import SidecarError
 
 FIRST_SEQ_SINCE = (
     "SELECT coalesce(min(seq), (SELECT seq FROM mirror_head) + 1) - 1 "
     "FROM mirror_events WHERE recorded_at >= $1"
 )
+
+
+class ReplayStopped(SidecarError):
+    code = "replay_stopped"
 
 
 @dataclass
@@ -104,16 +109,15 @@ async def replay(
             settings.proxy.partitions,
         )
         applier.replaying_to = head
-        await applier.ledger.start()
-        try:
-            await applier._resume()
-            while applier.cursor < head:
-                if await applier.apply_once() == 0:
-                    break
-                if progress is not None:
-                    progress(applier.cursor, head)
-        finally:
-            await applier.ledger.stop()
+        applier.never_answered = frozenset(e.record.request_id for e in await stream.in_doubt(head))
+        await applier._resume()
+        while applier.cursor < head:
+            if await applier.apply_once() == 0:
+                break
+            if progress is not None:
+                progress(applier.cursor, head)
+        if applier.cursor < head:
+            raise ReplayStopped(f"the replay stopped at offset {applier.cursor} of {head}")
         report = ReplayReport(live.schema, target.schema, from_seq, head)
         was = await PostgresComparisonStore(live_pool).by_request(from_seq)
         now = await comparisons.by_request(from_seq)

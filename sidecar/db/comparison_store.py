@@ -7,15 +7,17 @@ comparing consumer's offsets commit together, or not at all.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import orjson
 
-from sidecar.db.connect import pooled
+from sidecar.db.connect import DRIVER_ERRORS, pooled, translate
+from sidecar.db.ledger_store import balance_at, post_batch
 from sidecar.db.mirror_store import fetch_offset
+from sidecar.domain.ledger import BatchPlan
 from sidecar.domain.mirror import Checkpoint
 from sidecar.domain.shadow import ComparisonRecord
 
@@ -62,6 +64,19 @@ class BootstrapState:
     opened: frozenset[str]
 
 
+class BalanceReader:
+    """Balances read inside the group's transaction (its own writes included)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def balance(self, account_id: str, at_seq: int) -> int | None:
+        return await balance_at(self._conn, account_id, at_seq)
+
+
+Finish = Callable[[int | None, BalanceReader], Awaitable[list[ComparisonRecord]]]
+
+
 @dataclass
 class ComparisonCounts:
     total: int = 0
@@ -83,6 +98,43 @@ def divergence_from_row(row: Any) -> dict[str, Any]:
 class PostgresComparisonStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def apply_group(
+        self,
+        plan: BatchPlan | None,
+        ledger_checkpoints: Sequence[Checkpoint],
+        finish: Finish,
+        compare_checkpoints: Sequence[Checkpoint],
+    ) -> list[ComparisonRecord]:
+        """One transaction: ``plan`` written with ``ledger_checkpoints`` (post_batch), then
+        ``finish(first_seq, reader)`` compares (reading balances in this transaction), then its
+        records stored with ``compare_checkpoints``. Raises, having written nothing, if any
+        step fails."""
+        async with pooled(self._pool) as conn:
+            try:
+                async with conn.transaction():
+                    first_seq: int | None = None
+                    if plan is not None:
+                        ids = list(plan.balances)
+                        first_seq = await post_batch(
+                            conn,
+                            list(plan.events),
+                            ids,
+                            [plan.balances[i].before_minor for i in ids],
+                            [plan.balances[i].after_minor for i in ids],
+                            ledger_checkpoints,
+                        )
+                    records = await finish(first_seq, BalanceReader(conn))
+                    await conn.fetchval(
+                        RECORD,
+                        orjson.dumps([r.document() for r in records]).decode(),
+                        [c.consumer for c in compare_checkpoints],
+                        [c.partition for c in compare_checkpoints],
+                        [c.seq for c in compare_checkpoints],
+                    )
+            except DRIVER_ERRORS as exc:
+                raise translate(exc) from exc
+        return records
 
     async def record(
         self, records: Sequence[ComparisonRecord], checkpoints: Sequence[Checkpoint] = ()

@@ -139,6 +139,16 @@ async def post_batch(
     return first
 
 
+async def balance_at(conn: asyncpg.Connection, account_id: str, at_seq: int) -> int | None:
+    """An account's balance after the last posting at or before ``at_seq`` (None if it did
+    not exist then)."""
+    row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
+    if row is None or row["opened_seq"] > at_seq:
+        return None
+    balance: int = row["balance"] if row["balance"] is not None else 0
+    return balance
+
+
 class PostgresLedgerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -175,10 +185,7 @@ class PostgresLedgerStore:
             if at_seq is None:
                 value: int | None = await conn.fetchval(BALANCE_NOW, account_id)
                 return value
-            row = await conn.fetchrow(BALANCE_AT, account_id, at_seq)
-        if row is None or row["opened_seq"] > at_seq:
-            return None
-        return row["balance"] if row["balance"] is not None else 0
+            return await balance_at(conn, account_id, at_seq)
 
     async def head(self) -> LogHead:
         async with pooled(self._pool) as conn:

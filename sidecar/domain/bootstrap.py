@@ -91,8 +91,7 @@ def opening_commands(document: Any, currencies: Mapping[str, int]) -> list[Comma
 
 
 def _minor(value: Any, currency: Currency, where: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """Minor units of a balance in major units: "10.50", 10.5 parsed as Decimal, or 10."""
     try:
         exact = legacy_decimal(value, AmountFormat.DECIMAL, currency.exponent)
     except InvalidAmount as exc:
