@@ -51,7 +51,6 @@ SELECT EXISTS (SELECT 1 FROM comparisons
 BOOTSTRAP_OPENED = """
 SELECT account_id FROM comparisons WHERE operation = 'bootstrap_read' AND outcome = 'match'
 """
-LEDGER_POSITION = "SELECT coalesce(max(ledger_seq), 0) FROM comparisons"
 VERDICTS = """
 SELECT request_id, outcome, detail FROM comparisons WHERE request_id = ANY($1::text[])
 """
@@ -136,24 +135,6 @@ class PostgresComparisonStore:
                 raise translate(exc) from exc
         return records
 
-    async def record(
-        self, records: Sequence[ComparisonRecord], checkpoints: Sequence[Checkpoint] = ()
-    ) -> int:
-        """Store ``records`` and move ``checkpoints`` in one transaction; returns how many
-        records were new."""
-        if not records and not checkpoints:
-            return 0
-        rows = orjson.dumps([r.document() for r in records]).decode()
-        async with pooled(self._pool) as conn:
-            added: int = await conn.fetchval(
-                RECORD,
-                rows,
-                [c.consumer for c in checkpoints],
-                [c.partition for c in checkpoints],
-                [c.seq for c in checkpoints],
-            )
-        return added
-
     async def divergences(
         self, account_id: str | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
@@ -180,12 +161,6 @@ class PostgresComparisonStore:
         async with pooled(self._pool) as conn:
             rows = await conn.fetch(ALL_AFTER, after_seq)
         return {r["request_id"]: divergence_from_row(r) for r in rows}
-
-    async def ledger_position(self) -> int:
-        """The last ledger seq a recorded comparison was decided by."""
-        async with pooled(self._pool) as conn:
-            seq: int = await conn.fetchval(LEDGER_POSITION)
-        return seq
 
     async def verdicts(self, request_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
         """Outcome and detail of each of these requests' comparisons, if recorded yet."""
