@@ -335,6 +335,52 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.db.connect import create_pool
+    from sidecar.mapping_file import load_route_table
+    from sidecar.reconcile import reconcile
+
+    mapping = args.mapping or settings.proxy.mapping
+    if mapping is None:
+        raise ConfigError("proxy.mapping: reconcile reads balances through the mapping")
+    legacy_url = settings.proxy.legacy_url.rstrip("/")
+    pool = await create_pool(settings.database)
+    try:
+        report = await reconcile(
+            pool,
+            load_route_table(mapping),
+            legacy_url,
+            args.listing or legacy_url + "/v1/accounts",
+            partitions=settings.proxy.partitions,
+            concurrency=args.concurrency,
+            progress=None if args.json else progress("accounts reconciled"),
+        )
+    finally:
+        await pool.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.clean else 1
+    rows = [
+        [
+            d.account_id,
+            d.currency or "-",
+            "-" if d.legacy_minor is None else d.legacy_minor,
+            "-" if d.ledger_minor is None else d.ledger_minor,
+            "-" if d.difference_minor is None else d.difference_minor,
+            d.first_split_offset if d.first_split_offset is not None else "not seen",
+        ]
+        for d in report.drifted
+    ]
+    if rows:
+        print(table(["account", "cur", "legacy", "ledger", "ledger - legacy", "split at"], rows))
+        print()
+    print(
+        f"{report.accounts} accounts: {report.matched} agree, {len(report.drifted)} drifted, "
+        f"{len(report.unreadable)} unreadable (minor units)"
+    )
+    return 0 if report.clean else 1
+
+
 async def _stream_status(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.db.connect import create_pool
     from sidecar.db.migrate import migrate
@@ -577,6 +623,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the replayed schema")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_replay)
+
+    p = groups.add_parser(
+        "reconcile", help="every account's balance in both systems; drift and where it began"
+    )
+    p.add_argument(
+        "--listing", help="legacy account listing URL (default: <legacy_url>/v1/accounts)"
+    )
+    p.add_argument("--mapping", help="mapping file (default: proxy.mapping)")
+    p.add_argument("--concurrency", type=int, default=16, help="legacy reads at once")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_reconcile)
 
     stream = groups.add_parser("stream", help="the mirror stream")
     sub = stream.add_subparsers(dest="command", required=True)
