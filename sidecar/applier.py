@@ -25,8 +25,9 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sidecar.config import ApplierSettings, LedgerSettings
 from sidecar.db.comparison_store import BalanceReader, PostgresComparisonStore
@@ -87,7 +88,11 @@ from sidecar.errors import (
     ShadowMismatch,
     SidecarError,
 )
+from sidecar.mapping_file import resolve_hook
 from sidecar.ports import LedgerStore, MirrorLog
+
+#: a route hook: (the exchange, its path parameters) -> field values the file cannot say
+Hook = Callable[[Exchange, Mapping[str, str]], Mapping[str, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +171,12 @@ class Applier:
         self.store = store
         self.comparisons = comparisons
         self.routes = routes
+        #: each route's hook (what its mapping file cannot say), resolved once
+        self.hooks: dict[str, Hook] = {
+            r.name: resolve_hook(r.hook, routes.source, f"route {r.name!r} hook")
+            for r in routes.routes
+            if r.hook is not None
+        }
         self.settings = settings
         self.partitions = partitions
         del ledger_settings  # the applier plans and commits each group itself, in one go
@@ -452,7 +463,12 @@ class Applier:
         if legacy_status is SideStatus.ERROR:
             return  # nothing to apply: the legacy service did not decide
         try:
-            item.request = to_ledger(matched, item.exchange, self.routes.currencies)
+            item.request = to_ledger(
+                matched,
+                item.exchange,
+                self.routes.currencies,
+                self._computed(matched, item.exchange),
+            )
         except InvalidCommand as exc:
             if legacy_status is SideStatus.ACCEPTED:
                 item.skip = f"accepted by legacy, but not a ledger command: {exc.message}"
@@ -757,9 +773,22 @@ class Applier:
         if matched is None:
             return None
         try:
-            return to_ledger(matched, exchange, self.routes.currencies)
+            return to_ledger(
+                matched, exchange, self.routes.currencies, self._computed(matched, exchange)
+            )
         except InvalidCommand:
             return None
+
+    def _computed(self, matched: MatchedRoute, exchange: Exchange) -> dict[str, Any] | None:
+        """The route hook's field values for this exchange; a hook that fails makes the
+        exchange not a ledger command (skipped with the reason), never stops the applier."""
+        hook = self.hooks.get(matched.route.name)
+        if hook is None:
+            return None
+        try:
+            return dict(hook(exchange, matched.path_params))
+        except Exception as exc:  # user code: whatever it raises is a reason to skip
+            raise InvalidCommand(f"route {matched.route.name!r}: its hook failed: {exc!r}") from exc
 
     def _remember(self, ordered: Sequence[_Item]) -> None:
         for item in ordered:

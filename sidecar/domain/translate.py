@@ -87,11 +87,22 @@ def rejection_outcome(route: Route, legacy_code: str | None) -> str | None:
 
 
 def to_ledger(
-    matched: MatchedRoute, exchange: Exchange, currencies: Mapping[str, int]
+    matched: MatchedRoute,
+    exchange: Exchange,
+    currencies: Mapping[str, int],
+    computed: Mapping[str, Any] | None = None,
 ) -> LedgerRequest:
+    """The ledger command (or read) for one exchange. ``computed`` holds field values the
+    route's hook worked out (what the mapping file cannot say); they win over the file's."""
     route = matched.route
+    computed = computed or {}
 
     def need(name: str) -> Any:
+        if name in computed:
+            value = computed[name]
+            if value is MISSING or value is None or value == "":
+                raise InvalidCommand(f"route {route.name!r}: {name} is missing (hook)")
+            return value
         source = route.fields[name]
         value = _value(source, exchange, matched.path_params)
         if value is MISSING or value is None or value == "":

@@ -250,3 +250,80 @@ async def test_a_replay_applies_in_the_live_order_whatever_it_reads_at_once(
     finally:
         await target_pool.close()
         await drop_schema(target, target.schema)
+
+
+def cents_to_amount(exchange: Any, path_params: Any) -> dict[str, Any]:
+    """A route hook: the request says cents, which the mapping file cannot turn into money."""
+    cents = exchange.request["amount"]["cents"]
+    if cents < 0:
+        raise ValueError("negative cents")
+    return {"amount": f"{cents // 100}.{cents % 100:02d}"}
+
+
+HOOKED = (
+    MAPPING.read_text()
+    .replace(
+        'amount = "request:amount.value"',
+        'amount = "request:amount.cents"',
+    )
+    .replace(
+        'operation = "transfer"',
+        'operation = "transfer"\nhook = "tests.integration.test_applier:cents_to_amount"',
+    )
+)
+
+
+async def test_a_route_hook_says_what_the_mapping_file_cannot(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    from sidecar.mapping_file import parse_text
+
+    routes = parse_text(HOOKED, "hooked.toml")
+    stream = PostgresMirrorLog(pool)
+    for r in snapshot("s", {"A": "100.00", "B": "0.00"}):
+        await stream.append([r])
+    for request_id, cents in (("ok", 1050), ("bad", -5)):
+        body = {
+            "beneficiary": {"account_number": "B"},
+            "amount": {"cents": cents, "currency": "EUR"},
+        }
+        answer = {"payment_id": request_id, "amount": {"value": "10.50", "currency": "EUR"}}
+        await stream.append(
+            [
+                record(
+                    RecordKind.INTENT,
+                    request_id,
+                    {
+                        "method": "POST",
+                        "path": "/v1/accounts/A/payments",
+                        "headers": [["Idempotency-Key", request_id]],
+                        "body": json.dumps(body),
+                    },
+                    "payment",
+                )
+            ]
+        )
+        await stream.append(
+            [
+                record(
+                    RecordKind.OUTCOME,
+                    request_id,
+                    {"status": 201, "body": json.dumps(answer)},
+                    "payment",
+                )
+            ]
+        )
+    comparisons = PostgresComparisonStore(pool)
+    applier = Applier(
+        stream, PostgresLedgerStore(pool), comparisons, routes, settings.applier, settings.ledger, 1
+    )
+    await applier.start()
+    try:
+        await applier.catch_up(timeout_s=30)
+    finally:
+        await applier.stop()
+    verdicts = await comparisons.by_request()
+    assert verdicts["ok"]["outcome"] == "match"
+    assert verdicts["bad"]["outcome"] == "skipped"
+    assert "hook failed" in verdicts["bad"]["detail"]
+    assert await balances(pool, "AB") == {"A": 10000 - 1050, "B": 1050}
