@@ -7,16 +7,19 @@ are applied in the order their legacy answers were recorded, the best witness of
 legacy service took; overlapping ones on one account may be taken in another order
 (``domain.shadow.serialise``).
 
-Guarantees (tests/integration/test_applier.py):
-- Each ledger write commits with the ``ledger`` consumer's offset on its partition, in one
-  transaction; each group of comparisons commits with the ``compare`` consumer's offsets, in
-  one transaction. After a crash the applier resumes after the last committed group; the
-  ledger writes of a group redone are replays by idempotency key, never second postings.
+Guarantees (tests/integration/test_applier.py, test_shadow.py, test_stream_replay.py):
+- A group is planned once (the ledger core's ``plan_batch``) and committed in one transaction:
+  its ledger writes with the ``ledger`` consumer's offsets, its balance reads, its comparisons
+  with the ``compare`` consumer's offsets. A failure anywhere writes nothing and the group is
+  read again; after a crash the applier resumes after the last committed group. Nothing is
+  lost, nothing applied twice.
+- An exchange is applied only once every request that overlapped it has been answered (or has
+  stayed unanswered past 4x ``in_doubt_after_s``), so live and replayed runs group and order
+  the same exchanges the same way.
 - An outcome whose intent is not in the stream (capture dropped it), or whose request cannot
   be turned into a ledger command, is recorded as ``skipped`` with the reason: counted, not lost.
 - A balance read is compared with the ledger's balance at the same stream position: after
   every exchange applied before it, before any applied after it.
-- A transient ledger failure (busy, unreachable) records nothing: the group is read again.
 """
 
 from __future__ import annotations
@@ -458,7 +461,7 @@ class Applier:
             )
             return
         item.matched = matched
-        legacy_status, code = _legacy_status(matched, item.exchange)
+        legacy_status, code = legacy_side(matched.route, item.exchange)
         item.legacy_status, item.legacy_code = legacy_status, code
         if legacy_status is SideStatus.ERROR:
             return  # nothing to apply: the legacy service did not decide
@@ -828,10 +831,6 @@ class Applier:
                         "trace_id": record.trace_id,
                     },
                 )
-
-
-def _legacy_status(matched: MatchedRoute, exchange: Exchange) -> tuple[SideStatus, str | None]:
-    return legacy_side(matched.route, exchange)
 
 
 def _seq_of(result: Result | int | None) -> int | None:
