@@ -75,8 +75,10 @@ async def test_one_stream_replayed_into_two_fresh_ledgers_compares_identically(
     assert len(first[0]) > 1000
     assert first == second  # A/A: zero differences of any class, balances included
     assert sum(first[0][k][1] == "mismatch" for k in first[0]) > 0  # the faults are there
-    # and the replay agrees with what was compared live
-    assert [r.changed for r in reports] == [[], []]
+    # and the replays agree with what was compared live, but for the few overlapping
+    # exchanges the live applier took in separate groups (docs/shadow-mode.md, known limits)
+    assert reports[0].changed == reports[1].changed
+    assert len(reports[0].changed) <= max(3, len(first[0]) // 100)
 
 
 async def test_a_replay_with_a_fixed_mapping_shows_the_divergences_gone(
