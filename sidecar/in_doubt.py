@@ -59,10 +59,12 @@ async def resolve_in_doubt(
     legacy_url: str,
     up_to_seq: int,
     timeout_s: float = 10.0,
+    after_seq: int = 0,
 ) -> InDoubtReport:
-    """Resolve every intent in doubt at or before ``up_to_seq`` that can be resolved."""
+    """Resolve every intent in doubt after ``after_seq``, at or before ``up_to_seq``, that can
+    be resolved."""
     report = InDoubtReport()
-    for intent in await stream.in_doubt(up_to_seq):
+    for intent in await stream.in_doubt(up_to_seq, after_seq):
         report.found += 1
         outcome = await _resolution(intent, routes, session, legacy_url, timeout_s)
         if outcome is RETRY:
@@ -151,6 +153,7 @@ class InDoubtResolver:
         self.after_s = after_s
         self.totals = InDoubtReport()
         self._heads: deque[tuple[float, int]] = deque()
+        self._resolved_to = 0  # every intent at or before this seq has an outcome
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -173,8 +176,15 @@ class InDoubtResolver:
             return None
         self._heads.appendleft((now - self.after_s, settled))  # still the bound next time
         report = await resolve_in_doubt(
-            self.stream, self.routes, self.session, self.legacy_url, settled
+            self.stream,
+            self.routes,
+            self.session,
+            self.legacy_url,
+            settled,
+            after_seq=self._resolved_to,
         )
+        # everything up to the oldest intent still in doubt is settled: not scanned again
+        self._resolved_to = min(report.unresolved, default=settled + 1) - 1
         self.totals.found = report.found
         self.totals.unresolved = report.unresolved
         for how, n in report.resolved.items():

@@ -317,10 +317,10 @@ class InMemoryMirrorLog:
     async def head(self) -> int:
         return len(self._events)
 
-    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]:
+    async def in_doubt(self, up_to_seq: int, after_seq: int = 0) -> list[MirrorEvent]:
         return [
             e
-            for e in self._events[: max(up_to_seq, 0)]
+            for e in self._events[max(after_seq, 0) : max(up_to_seq, 0)]
             if e.record.kind is RecordKind.INTENT
             and (e.record.request_id, RecordKind.OUTCOME) not in self._index
         ]

@@ -75,7 +75,9 @@ class MirrorLog(Protocol):
 
     async def head(self) -> int: ...
 
-    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]: ...
+    async def in_doubt(self, up_to_seq: int, after_seq: int = 0) -> list[MirrorEvent]:
+        """Intents after ``after_seq`` and at or before ``up_to_seq`` with no outcome."""
+        ...
 
     async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:
         """The stored intents of these requests, by request id (absent ones left out)."""

@@ -31,7 +31,7 @@ HEAD = "SELECT seq FROM mirror_head"
 IN_DOUBT = """
 SELECT i.seq, i.partition, i.kind, i.request_id, i.route, i.content::text AS content, i.trace_id
 FROM mirror_events i
-WHERE i.kind = 'intent' AND i.seq <= $1
+WHERE i.kind = 'intent' AND i.seq <= $1 AND i.seq > $2
   AND NOT EXISTS (SELECT 1 FROM mirror_events o
                   WHERE o.request_id = i.request_id AND o.kind = 'outcome')
 ORDER BY i.seq
@@ -131,9 +131,9 @@ class PostgresMirrorLog:
             seq: int = await conn.fetchval(HEAD)
         return seq
 
-    async def in_doubt(self, up_to_seq: int) -> list[MirrorEvent]:
+    async def in_doubt(self, up_to_seq: int, after_seq: int = 0) -> list[MirrorEvent]:
         async with pooled(self._pool) as conn:
-            rows = await conn.fetch(IN_DOUBT, up_to_seq)
+            rows = await conn.fetch(IN_DOUBT, up_to_seq, after_seq)
         return [event_from_row(r) for r in rows]
 
     async def intents(self, request_ids: Collection[str]) -> dict[str, MirrorEvent]:

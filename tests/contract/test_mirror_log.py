@@ -64,6 +64,7 @@ async def test_intents_without_an_outcome_are_in_doubt(log: MirrorLog) -> None:
     await log.append([intent("a"), intent("b"), outcome("a"), intent("c")])
     assert [e.record.request_id for e in await log.in_doubt(up_to_seq=4)] == ["b", "c"]
     assert [e.record.request_id for e in await log.in_doubt(up_to_seq=2)] == ["b"]
+    assert [e.record.request_id for e in await log.in_doubt(4, after_seq=2)] == ["c"]
     await log.append([outcome("b")])
     assert [e.record.request_id for e in await log.in_doubt(up_to_seq=10)] == ["c"]
 
