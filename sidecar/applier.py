@@ -52,7 +52,10 @@ from sidecar.domain.comparison import (
 )
 from sidecar.domain.ledger import (
     Account,
+    AccountState,
+    BatchPlan,
     Command,
+    LedgerView,
     OpenAccount,
     Result,
     Reversal,
@@ -106,6 +109,7 @@ RECENT_PER_ACCOUNT = 32
 ANY_ACCOUNT = "*"  # a reversal touches its target's accounts, unknown until it is decided
 PENDING_INTENTS_MAX = 100_000
 READ_EVENTS_MAX = 200_000
+ACCOUNT_CACHE_MAX = 200_000
 HOLD_IN_DOUBT_FACTOR = 4
 #: events before the resume point read again to remember recent movements per account
 WARM_EVENTS = 4000
@@ -193,6 +197,7 @@ class Applier:
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
         self._ledger_position = 0  # the ledger seq the last compared group left
+        self._accounts: dict[str, AccountState] = {}  # as the last committed plans left them
         #: replaying a recorded stream up to this seq (None: following a live one), and the
         #: requests of that stream with no answer in it
         self.replaying_to: int | None = None
@@ -236,6 +241,7 @@ class Applier:
             p: await self.comparisons.offset(COMPARE_CONSUMER, p) for p in range(self.partitions)
         }
         self._cursor = min(self._done.values(), default=0)
+        self._accounts.clear()  # anything may have happened meanwhile: read the ledger again
         self._pending.clear()
         self._held = {}
         self._seen.clear()
@@ -619,7 +625,14 @@ class Applier:
                 commands.append(command)
                 owners.append(item)
         account_ids, keys = keys_needed(commands)
-        plan = plan_batch(await self.store.load(account_ids, keys), commands)
+        # the applier is the ledger's only writer: the balances its last plans left are
+        # current (a stale one makes post_batch refuse the plan; the group is then read again
+        # with the cache cleared)
+        cached = {a: self._accounts[a] for a in account_ids if a in self._accounts}
+        view = await self.store.load(account_ids - cached.keys(), keys)
+        plan = plan_batch(
+            LedgerView(accounts={**cached, **view.accounts}, transfers=view.transfers), commands
+        )
         ledger_at = [Checkpoint(LEDGER_CONSUMER, p, last) for p in range(self.partitions)]
         compare_at = [Checkpoint(COMPARE_CONSUMER, p, last) for p in range(self.partitions)]
 
@@ -660,7 +673,21 @@ class Applier:
             seq = _place_of(item.result)
             if seq is not None:
                 self._ledger_position = max(self._ledger_position, seq)
+        self._cache_balances(plan, commands, {**cached, **view.accounts})
         return records
+
+    def _cache_balances(
+        self, plan: BatchPlan, commands: Sequence[Command], known: Mapping[str, AccountState]
+    ) -> None:
+        """Keep the accounts the committed plan consulted, at the balances it left."""
+        if len(self._accounts) > ACCOUNT_CACHE_MAX:
+            self._accounts.clear()
+        opened = {c.account.id: c.account for c in commands if isinstance(c, OpenAccount)}
+        for account_id, change in plan.balances.items():
+            state = known.get(account_id)
+            account = state.account if state is not None else opened.get(account_id)
+            if account is not None:
+                self._accounts[account_id] = AccountState(account, change.after_minor)
 
     def _compare(self, ordered: Sequence[_Item]) -> None:
         for index, item in enumerate(ordered):
