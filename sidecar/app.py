@@ -68,7 +68,6 @@ class ShadowWorker:
                 PostgresComparisonStore(pool),
                 routes,
                 settings.applier,
-                settings.ledger,
                 settings.proxy.partitions,
             )
             await self.applier.start()

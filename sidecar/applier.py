@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sidecar.config import ApplierSettings, LedgerSettings
+from sidecar.config import ApplierSettings
 from sidecar.db.comparison_store import BalanceReader, PostgresComparisonStore
 from sidecar.domain.bootstrap import (
     BOOTSTRAP_ROUTE,
@@ -120,10 +120,7 @@ DEFAULT_RULES = {"rejection": CompareRule(CompareKind.EXACT)}
 class ApplierStats:
     groups: int = 0
     compared: int = 0
-    by_outcome: dict[str, int] = field(default_factory=dict)
-    by_kind: dict[str, int] = field(default_factory=dict)
     retries: int = 0
-    last_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -171,7 +168,6 @@ class Applier:
         comparisons: PostgresComparisonStore,
         routes: RouteTable,
         settings: ApplierSettings,
-        ledger_settings: LedgerSettings,
         partitions: int,
     ) -> None:
         self.stream = stream
@@ -186,7 +182,6 @@ class Applier:
         }
         self.settings = settings
         self.partitions = partitions
-        del ledger_settings  # the applier plans and commits each group itself, in one go
         self.stats = ApplierStats()
         self._cursor = 0
         self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
@@ -385,7 +380,7 @@ class Applier:
         for p in range(self.partitions):
             self._done[p] = max(self._done.get(p, 0), last)
         self._remember(ordered)
-        self._count(records, last)
+        self._note(records)
         if self.settings.strict:
             for record in records:
                 if record.comparison.outcome is Outcome.MISMATCH:
@@ -832,16 +827,12 @@ class Applier:
         if len(self._recent) > PENDING_INTENTS_MAX:
             self._recent.clear()
 
-    def _count(self, records: Sequence[ComparisonRecord], last: int) -> None:
-        stats = self.stats
-        stats.groups += 1
-        stats.compared += len(records)
-        stats.last_seq = last
+    def _note(self, records: Sequence[ComparisonRecord]) -> None:
+        """Count the group and log each divergence (the stored record is the source of truth;
+        ``ComparisonStore.counts`` has the totals by outcome and kind)."""
+        self.stats.groups += 1
+        self.stats.compared += len(records)
         for record in records:
-            outcome = record.comparison.outcome.value
-            stats.by_outcome[outcome] = stats.by_outcome.get(outcome, 0) + 1
-            for kind in record.comparison.kinds:
-                stats.by_kind[kind.value] = stats.by_kind.get(kind.value, 0) + 1
             if record.comparison.outcome is Outcome.MISMATCH:
                 log.warning(
                     "divergence",
@@ -861,11 +852,10 @@ class Applier:
 
 
 def _seq_of(result: Result | int | None) -> int | None:
-    if isinstance(result, TransferOutcome | AccountOutcome) and not getattr(
-        result, "replayed", False
-    ):
-        return result.seq
-    return None
+    """The seq of the ledger event this result decided now (None for a replay)."""
+    if isinstance(result, TransferOutcome) and result.replayed:
+        return None
+    return _place_of(result)
 
 
 def _place_of(result: Result | int | None) -> int | None:

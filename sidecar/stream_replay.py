@@ -105,7 +105,6 @@ async def replay(
             comparisons,
             routes,
             settings.applier,
-            settings.ledger,
             settings.proxy.partitions,
         )
         applier.replaying_to = head

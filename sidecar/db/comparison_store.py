@@ -48,9 +48,6 @@ BOOTSTRAP_SNAPSHOT = """
 SELECT EXISTS (SELECT 1 FROM comparisons
                WHERE operation = 'bootstrap_snapshot' AND outcome = 'match')
 """
-BOOTSTRAP_OPENED = """
-SELECT account_id FROM comparisons WHERE operation = 'bootstrap_read' AND outcome = 'match'
-"""
 VERDICTS = """
 SELECT request_id, outcome, detail FROM comparisons WHERE request_id = ANY($1::text[])
 """
@@ -60,7 +57,6 @@ SELECT request_id, outcome, detail FROM comparisons WHERE request_id = ANY($1::t
 class BootstrapState:
     plan_request_id: str | None
     snapshot: bool
-    opened: frozenset[str]
 
 
 class BalanceReader:
@@ -143,13 +139,11 @@ class PostgresComparisonStore:
         return [divergence_from_row(r) for r in rows]
 
     async def bootstrap_state(self) -> BootstrapState:
-        """The last bootstrap plan, whether a snapshot was applied, and the accounts opened at
-        their bootstrap read, as recorded."""
+        """The last bootstrap plan recorded, and whether a snapshot was applied."""
         async with pooled(self._pool) as conn:
             plan = await conn.fetchval(BOOTSTRAP_PLAN)
             snapshot = await conn.fetchval(BOOTSTRAP_SNAPSHOT)
-            opened = frozenset(r["account_id"] for r in await conn.fetch(BOOTSTRAP_OPENED))
-        return BootstrapState(plan, bool(snapshot), opened)
+        return BootstrapState(plan, bool(snapshot))
 
     async def offset(self, consumer: str, partition: int) -> int:
         """A consumer's committed offset, in this store's schema (0 if none)."""

@@ -61,7 +61,7 @@ ON CONFLICT (instance) DO UPDATE SET
 async def save_capture_counts(
     pool: asyncpg.Pool, instance: str, started_at: Any, counts: dict[str, Any]
 ) -> None:
-    """One instance's running totals (``capture_counts``, migration 0006)."""
+    """One instance's running totals (``capture_counts``, migration 0005)."""
     async with pooled(pool) as conn:
         await conn.execute(
             SAVE_COUNTS,

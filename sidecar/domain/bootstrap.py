@@ -56,38 +56,35 @@ def opening_commands(document: Any, currencies: Mapping[str, int]) -> list[Comma
     commands: list[Command] = []
     migrations: set[str] = set()
     for i, row in enumerate(snapshot_accounts(document)):
-        number = row.get("account_number")
-        where = f"bootstrap snapshot: accounts[{i}] ({number!r})"
-        code = row.get("currency")
-        if not isinstance(number, str) or not number:
-            raise InvalidCommand(f"{where}: account_number is missing")
-        if code not in currencies:
-            raise InvalidCommand(f"{where}: currency {code!r} is not in the mapping")
-        currency = Currency(str(code), currencies[str(code)])
-        balance = _minor(row.get("balance"), currency, f"{where}: balance")
-        limit_raw = row.get("overdraft_limit")
-        limit = None if limit_raw is None else _minor(limit_raw, currency, f"{where}: limit")
-        if limit is not None and limit < 0:
-            raise InvalidCommand(f"{where}: overdraft_limit is negative")
-        if currency.code not in migrations:
-            commands.append(OpenAccount(migration_account(currency)))
-            migrations.add(currency.code)
-        commands.append(OpenAccount(Account(number, currency, NormalSide.CREDIT, limit)))
-        if balance == 0:
-            continue
-        migration = MIGRATION_PREFIX + currency.code
-        debit, credit = (migration, number) if balance > 0 else (number, migration)
-        commands.append(
-            Transfer.between(
-                f"bootstrap:{number}"[:128],
-                debit=debit,
-                credit=credit,
-                amount_minor=abs(balance),
-                currency=currency.code,
-                metadata={"route": BOOTSTRAP_ROUTE},
-            )
+        account = _account(row, i, "snapshot", currencies)
+        balance = _minor(
+            row.get("balance"), account.currency, f"{_where(row, i, 'snapshot')}: balance"
         )
+        if account.currency.code not in migrations:
+            commands.append(OpenAccount(migration_account(account.currency)))
+            migrations.add(account.currency.code)
+        commands += opening_for(account, balance)
     return commands
+
+
+def _where(row: Mapping[str, Any], i: int, what: str) -> str:
+    return f"bootstrap {what}: accounts[{i}] ({row.get('account_number')!r})"
+
+
+def _account(row: Mapping[str, Any], i: int, what: str, currencies: Mapping[str, int]) -> Account:
+    """One listed account: its number, currency and overdraft limit (a customer account)."""
+    where = _where(row, i, what)
+    number, code = row.get("account_number"), row.get("currency")
+    if not isinstance(number, str) or not number:
+        raise InvalidCommand(f"{where}: account_number is missing")
+    if code not in currencies:
+        raise InvalidCommand(f"{where}: currency {code!r} is not in the mapping")
+    currency = Currency(str(code), currencies[str(code)])
+    limit_raw = row.get("overdraft_limit")
+    limit = None if limit_raw is None else _minor(limit_raw, currency, f"{where}: limit")
+    if limit is not None and limit < 0:
+        raise InvalidCommand(f"{where}: overdraft_limit is negative")
+    return Account(number, currency, NormalSide.CREDIT, limit)
 
 
 def _minor(value: Any, currency: Currency, where: str) -> int:
@@ -114,22 +111,10 @@ def _minor(value: Any, currency: Currency, where: str) -> int:
 
 def plan_accounts(document: Any, currencies: Mapping[str, int]) -> dict[str, Account]:
     """The accounts a bootstrap plan names, with their currency and overdraft limit."""
-    out: dict[str, Account] = {}
-    for i, row in enumerate(snapshot_accounts(document)):
-        number = row.get("account_number")
-        where = f"bootstrap plan: accounts[{i}] ({number!r})"
-        code = row.get("currency")
-        if not isinstance(number, str) or not number:
-            raise InvalidCommand(f"{where}: account_number is missing")
-        if code not in currencies:
-            raise InvalidCommand(f"{where}: currency {code!r} is not in the mapping")
-        currency = Currency(str(code), currencies[str(code)])
-        limit_raw = row.get("overdraft_limit")
-        limit = None if limit_raw is None else _minor(limit_raw, currency, f"{where}: limit")
-        if limit is not None and limit < 0:
-            raise InvalidCommand(f"{where}: overdraft_limit is negative")
-        out[number] = Account(number, currency, NormalSide.CREDIT, limit)
-    return out
+    accounts = (
+        _account(row, i, "plan", currencies) for i, row in enumerate(snapshot_accounts(document))
+    )
+    return {account.id: account for account in accounts}
 
 
 def opening_for(account: Account, balance_minor: int) -> list[Command]:

@@ -334,22 +334,6 @@ def order_dependent(comparison: Comparison) -> Comparison:
     return Comparison(Outcome.MISMATCH, (renamed,), {}, comparison.detail)
 
 
-__all__ = [
-    "ComparisonRecord",
-    "Pending",
-    "Span",
-    "body_of",
-    "debit_account",
-    "effects",
-    "exchange_of",
-    "explained_by_order",
-    "ledger_result",
-    "legacy_result",
-    "order_dependent",
-    "serialise",
-]
-
-
 # --- the stored record --------------------------------------------------------------------
 
 
@@ -422,3 +406,19 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return str(value)
+
+
+__all__ = [
+    "ComparisonRecord",
+    "Pending",
+    "Span",
+    "body_of",
+    "debit_account",
+    "effects",
+    "exchange_of",
+    "explained_by_order",
+    "ledger_result",
+    "legacy_result",
+    "order_dependent",
+    "serialise",
+]

@@ -19,6 +19,7 @@ from sidecar.db.mirror_store import PostgresMirrorLog
 from sidecar.demo.shadow_demo import MAPPING
 from sidecar.domain.bootstrap import BOOTSTRAP_ROUTE
 from sidecar.domain.ledger import BatchPlan
+from sidecar.domain.mapping import RouteTable
 from sidecar.domain.mirror import Checkpoint, MirrorRecord, RecordKind
 from sidecar.domain.shadow import ComparisonRecord
 from sidecar.errors import LedgerUnavailable
@@ -134,6 +135,23 @@ class FailingAfterTheWrite(PostgresComparisonStore):
         return await super().apply_group(plan, ledger_checkpoints, broken, compare_checkpoints)
 
 
+async def run_to_the_head(
+    stream: PostgresMirrorLog,
+    pool: asyncpg.Pool,
+    comparisons: PostgresComparisonStore,
+    routes: RouteTable,
+    settings: Settings,
+) -> Applier:
+    """An applier started on the stream, run until it has compared everything, stopped."""
+    applier = Applier(stream, PostgresLedgerStore(pool), comparisons, routes, settings.applier, 1)
+    await applier.start()
+    try:
+        await applier.catch_up(timeout_s=30)
+    finally:
+        await applier.stop()
+    return applier
+
+
 async def balances(pool: asyncpg.Pool, names: str) -> dict[str, int | None]:
     store = PostgresLedgerStore(pool)
     return {n: await store.balance(n) for n in names}
@@ -150,14 +168,7 @@ async def test_a_failure_inside_a_group_writes_nothing_and_the_group_redone_is_r
     for r in (x_in, x_out, y_in, y_out):
         await stream.append([r])
     comparisons = FailingAfterTheWrite(pool)
-    applier = Applier(
-        stream, PostgresLedgerStore(pool), comparisons, ROUTES, settings.applier, settings.ledger, 1
-    )
-    await applier.start()
-    try:
-        await applier.catch_up(timeout_s=30)
-    finally:
-        await applier.stop()
+    applier = await run_to_the_head(stream, pool, comparisons, ROUTES, settings)
     assert applier.stats.retries >= 1
     assert await balances(pool, "ABC") == {"A": 0, "B": 0, "C": 1000}
     verdicts = await comparisons.by_request()
@@ -185,14 +196,7 @@ async def test_a_bootstrap_run_again_opens_no_account_twice(
     for r in events:
         await stream.append([r])
     comparisons = PostgresComparisonStore(pool)
-    applier = Applier(
-        stream, PostgresLedgerStore(pool), comparisons, ROUTES, settings.applier, settings.ledger, 1
-    )
-    await applier.start()
-    try:
-        await applier.catch_up(timeout_s=30)
-    finally:
-        await applier.stop()
+    await run_to_the_head(stream, pool, comparisons, ROUTES, settings)
     assert await balances(pool, "AB") == {"A": 1500, "B": 8500}
     assert (await comparisons.counts()).by_outcome.get("mismatch", 0) == 0
 
@@ -215,7 +219,6 @@ async def test_a_replay_applies_in_the_live_order_whatever_it_reads_at_once(
         PostgresComparisonStore(pool),
         ROUTES,
         applier_settings,
-        settings.ledger,
         1,
     )
     await live.start()
@@ -233,7 +236,6 @@ async def test_a_replay_applies_in_the_live_order_whatever_it_reads_at_once(
             PostgresComparisonStore(target_pool),
             ROUTES,
             applier_settings,
-            settings.ledger,
             1,
         )
         replayed.replaying_to = await stream.head()
@@ -314,14 +316,7 @@ async def test_a_route_hook_says_what_the_mapping_file_cannot(
             ]
         )
     comparisons = PostgresComparisonStore(pool)
-    applier = Applier(
-        stream, PostgresLedgerStore(pool), comparisons, routes, settings.applier, settings.ledger, 1
-    )
-    await applier.start()
-    try:
-        await applier.catch_up(timeout_s=30)
-    finally:
-        await applier.stop()
+    await run_to_the_head(stream, pool, comparisons, routes, settings)
     verdicts = await comparisons.by_request()
     assert verdicts["ok"]["outcome"] == "match"
     assert verdicts["bad"]["outcome"] == "skipped"

@@ -152,7 +152,6 @@ async def test_a_killed_applier_resumes_with_nothing_lost_or_applied_twice(
             applier.comparisons,
             applier.routes,
             applier.settings,
-            settings.ledger,
             applier.partitions,
         )
         await fresh.start()

@@ -19,6 +19,7 @@ CREATE TABLE comparisons (
     kinds        text[] NOT NULL DEFAULT '{}',
     monetary     boolean NOT NULL DEFAULT false,
     account_id   text,
+    accounts     text[] NOT NULL DEFAULT '{}',             -- every account it touched
     differences  jsonb NOT NULL DEFAULT '[]',            -- both sides' values, field by field
     at_risk      jsonb NOT NULL DEFAULT '{}',            -- minor units per currency
     ledger_seq   bigint,                                 -- the ledger event that decided it
@@ -28,6 +29,9 @@ CREATE TABLE comparisons (
 );
 CREATE INDEX comparisons_seq ON comparisons (seq);
 CREATE INDEX comparisons_divergent ON comparisons (account_id, seq) WHERE outcome = 'mismatch';
+-- a divergence is listed under every account it touched (a payment's payee too)
+CREATE INDEX comparisons_divergent_accounts ON comparisons USING gin (accounts)
+    WHERE outcome = 'mismatch';
 
 CREATE TRIGGER comparisons_append_only BEFORE UPDATE OR DELETE ON comparisons
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
@@ -45,16 +49,17 @@ DECLARE
     v_count integer;
 BEGIN
     INSERT INTO comparisons (request_id, seq, intent_seq, partition, route, operation, outcome,
-                             kinds, monetary, account_id, differences, at_risk, ledger_seq,
-                             trace_id, detail)
+                             kinds, monetary, account_id, accounts, differences, at_risk,
+                             ledger_seq, trace_id, detail)
     SELECT r.request_id, r.seq, r.intent_seq, r.partition, r.route, r.operation, r.outcome,
            coalesce(r.kinds, '{}'), coalesce(r.monetary, false), r.account_id,
-           coalesce(r.differences, '[]'), coalesce(r.at_risk, '{}'), r.ledger_seq, r.trace_id,
-           r.detail
+           coalesce(r.accounts, '{}'), coalesce(r.differences, '[]'), coalesce(r.at_risk, '{}'),
+           r.ledger_seq, r.trace_id, r.detail
     FROM jsonb_to_recordset(p_rows) AS r (
         request_id text, seq bigint, intent_seq bigint, partition integer, route text,
         operation text, outcome text, kinds text[], monetary boolean, account_id text,
-        differences jsonb, at_risk jsonb, ledger_seq bigint, trace_id text, detail text)
+        accounts text[], differences jsonb, at_risk jsonb, ledger_seq bigint, trace_id text,
+        detail text)
     ON CONFLICT (request_id) DO NOTHING;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     INSERT INTO mirror_offsets (consumer, partition, seq)

@@ -1,4 +1,4 @@
--- 0006_capture_counts: what each sidecar instance served and captured, so that capture
+-- 0005_capture_counts: what each sidecar instance served and captured, so that capture
 -- completeness can be measured from outside the process (ledger-sidecar stream status).
 -- One row per instance, overwritten with its running totals every second and at stop.
 
