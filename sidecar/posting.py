@@ -438,8 +438,12 @@ class PostingWriter:
         account_ids, keys = keys_needed(commands)
         # Keys are assumed new (the common case) unless a commit said otherwise; reversal
         # targets are always loaded since the plan needs their postings.
+        # (a reversal's own key too: reversing an already reversed transfer decides nothing
+        # new, so nothing would reach the database to say that key belongs to another entry)
         wanted_keys = (
-            keys if load_all_keys else {c.reverses for c in commands if isinstance(c, Reversal)}
+            keys
+            if load_all_keys
+            else {k for c in commands if isinstance(c, Reversal) for k in (c.reverses, c.key)}
         )
         accounts: dict[str, AccountState] = {}
         missing: set[str] = set()

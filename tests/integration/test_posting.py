@@ -77,6 +77,20 @@ async def test_reversing_twice_returns_the_first_reversal_and_moves_nothing(
     assert await ledger.balance("c0") == 10_000 and await ledger.balance("c1") == 10_000
 
 
+async def test_reversing_again_under_another_entrys_key_is_a_conflict(
+    ledger: Ledger, conn: asyncpg.Connection
+) -> None:
+    # found by the state machine on a fresh CI run: the second reversal's key is a transfer's
+    await open_bank(ledger)
+    await ledger.transfer(pay("t0", "c0", "c1", 100))
+    await ledger.transfer(pay("t1", "c0", "c1", 700))
+    await ledger.reverse(Reversal("r1", "t1"))
+    before = await snapshot(conn)
+    with pytest.raises(IdempotencyConflict):
+        await ledger.reverse(Reversal("t0", "t1"))
+    assert await snapshot(conn) == before
+
+
 async def test_concurrent_reversals_of_one_transfer_post_exactly_one(
     ledger: Ledger, conn: asyncpg.Connection
 ) -> None:
