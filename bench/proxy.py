@@ -4,7 +4,9 @@ Against the same fast upstream (nginx answering fixed JSON), it measures
 
 1. latency at a fixed offered rate (default 500 requests/s, open loop): direct to the
    upstream; through the sidecar in ``legacy`` mode; in ``shadow`` mode with durable capture;
-   in ``shadow`` with async capture; and through nginx with its ``mirror`` directive (the peer);
+   in ``shadow`` with async capture; through nginx with its ``mirror`` directive (the peer);
+   and through ``bench/bare_proxy.py``, a bare aiohttp proxy with a fire-and-forget shadow
+   (the issue's reference point for what a Python proxy reaches);
 2. saturation throughput of each, with wrk (closed loop, the same connections for all);
 3. the highest mapped-request rate the shadow pipeline (capture, applier, comparison)
    sustains with the comparison lag p99 under 1 s, each rate held ``--pipeline-seconds``.
@@ -37,6 +39,7 @@ import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = ROOT / "config" / "mappings" / "example-legacy.toml"
+BENCH = ROOT / "bench"
 ACCOUNTS = 1000
 PAYMENT_ANSWER = (
     '{"payment_id": "PAY-1", "status": "completed", "amount": {"value": "1.00", "currency": "EUR"}}'
@@ -283,9 +286,13 @@ end
 """
 
 
-def _ms(text: str) -> float:
-    value, unit = float(re.match(r"[\d.]+", text).group()), re.sub(r"[\d.]+", "", text)  # type: ignore[union-attr]
-    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+def _ms(text: str) -> float | None:
+    """wrk's latency figure ("812.00us", "4.63ms", "1.02s") in ms; None if wrk printed none
+    (it prints "-nanus" when it recorded no latencies)."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        return None
+    return float(match[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
 
 
 async def saturate(base: str, seconds: float, run: str, directory: Path) -> dict[str, Any]:
@@ -304,9 +311,12 @@ async def saturate(base: str, seconds: float, run: str, directory: Path) -> dict
         stderr=asyncio.subprocess.STDOUT,
     )
     out = (await process.communicate())[0].decode()
+    if "Requests/sec" not in out or "99%" not in out:
+        say(f"    wrk printed no figures for {run}:\n{out}")
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    # the latency distribution's own lines ("     50%    4.63ms"), not "68.50%" of Req/Sec
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "requests_per_s": float(rate.group(1)) if rate else None,
@@ -389,6 +399,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "direct": f"http://127.0.0.1:{upstream}",
             "nginx_mirror": f"http://127.0.0.1:{mirror}",
         }
+        bare_port = free_port()
+        processes.append(
+            await start(
+                [sys.executable, str(BENCH / "bare_proxy.py"), str(bare_port), plain["direct"]]
+            )
+        )
+        await wait_http(f"http://127.0.0.1:{bare_port}/v1/accounts")
+        plain["bare_aiohttp_shadow"] = f"http://127.0.0.1:{bare_port}"
         for name, base in plain.items():
             say(f"==> {name}")
             targets[name] = {
@@ -469,6 +487,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "legacy_over_nginx_mirror_saturation": round(
             targets["sidecar_legacy"]["saturation"]["requests_per_s"]
+            / targets["nginx_mirror"]["saturation"]["requests_per_s"],
+            3,
+        ),
+        # the issue's reference point ("about 0.45x here"), measured in the same run
+        "bare_aiohttp_shadow_over_nginx_mirror_saturation": round(
+            targets["bare_aiohttp_shadow"]["saturation"]["requests_per_s"]
             / targets["nginx_mirror"]["saturation"]["requests_per_s"],
             3,
         ),

@@ -17,11 +17,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sidecar import __version__, config
+from sidecar import __version__, config, runtime
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
-from sidecar.runtime import tune_gc
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -657,8 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     handler: Handler = args.handler
     try:
-        tune_gc()
-        return asyncio.run(handler(settings, args))
+        runtime.tune_gc()
+        return runtime.run(handler(settings, args))
     except DatabaseUnreachable as exc:
         print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
         print(

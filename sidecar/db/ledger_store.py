@@ -28,21 +28,26 @@ from sidecar.domain.money import Currency
 from sidecar.domain.outcome import PostedLeg, Rejection, TransferStatus
 from sidecar.ports import LogHead, StoredEvent
 
+# Every transfers lookup below is a probe by key (or by the reversal index) per asked key:
+# asyncpg prepares statements once per connection, and a generic plan made while transfers
+# was empty (a fresh ledger) hash-joined a sequential scan of the whole table, kept as the
+# table grew (2.2 ms a call at 6,000 transfers, 0.3 ms probing). The correlated subqueries
+# and OFFSET 0 keep the probes whatever the statistics said at prepare time.
 LOAD_TRANSFERS = """
 WITH asked AS (
     SELECT key FROM transfers WHERE key = ANY ($1::text[])
 ), wanted AS (
     SELECT key FROM asked
     UNION
-    SELECT r.key FROM transfers r
-    WHERE r.reverses IN (SELECT key FROM asked) AND r.status = 'posted'
+    SELECT (SELECT r.key FROM transfers r
+             WHERE r.reverses = a.key AND r.status = 'posted') FROM asked a
 )
 SELECT t.key, t.fingerprint, t.status, t.rejection, t.reverses, t.seq,
        (SELECT r.key FROM transfers r
          WHERE r.reverses = t.key AND r.status = 'posted') AS reversed_by,
        p.accounts, p.currencies, p.amounts, p.balances
 FROM wanted w
-JOIN transfers t ON t.key = w.key
+CROSS JOIN LATERAL (SELECT * FROM transfers t WHERE t.key = w.key OFFSET 0) t
 LEFT JOIN LATERAL (
     SELECT array_agg(account_id ORDER BY leg) AS accounts,
            array_agg(currency ORDER BY leg) AS currencies,

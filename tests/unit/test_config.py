@@ -28,6 +28,7 @@ def test_passwords_never_print() -> None:
     [
         ({"ledger": {"batch_commands_max": 0}}, "ledger.batch_commands_max"),
         ({"ledger": {"batch_linger_ms": "2"}}, "ledger.batch_linger_ms"),
+        ({"capture": {"batch_linger_ms": -1}}, "capture.batch_linger_ms"),
         ({"ledger": {"partitons": 2}}, "ledger.partitons: unknown setting"),
         ({"database": {"schema": "Bad-Name"}}, "database.schema"),
         ({"database": {"url": "mysql://x"}}, "database.url"),
@@ -42,6 +43,13 @@ def test_passwords_never_print() -> None:
 def test_a_bad_setting_fails_naming_the_key(data: dict[str, object], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         config.from_dict(data)
+
+
+def test_a_linger_of_zero_means_no_waiting() -> None:
+    settings = config.from_dict(
+        {"ledger": {"batch_linger_ms": 0}, "capture": {"batch_linger_ms": 0}}
+    )
+    assert settings.ledger.batch_linger_ms == 0.0 and settings.capture.batch_linger_ms == 0.0
 
 
 def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
