@@ -34,6 +34,16 @@ from sidecar.errors import ConfigError, SidecarError
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
+from sidecar.telemetry.endpoint import METRICS_PATH, WorkerScrape, metrics_handler
+from sidecar.telemetry.metrics import (
+    AccountLabels,
+    ProxyMetrics,
+    Registry,
+    ShadowMetrics,
+    StatsCollector,
+    capture_families,
+)
+from sidecar.telemetry.sampler import HealthSampler, worker_families
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +56,17 @@ class ShadowWorker:
     its work never takes the customer path's event loop."""
 
     settings: Settings
+    #: the process's metrics (the sidecar's own when the worker runs inside it)
+    metrics: Registry = field(default_factory=Registry)
     applier: Applier | None = None
     resolver: InDoubtResolver | None = None
+    sampler: HealthSampler | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def start(self) -> None:
         settings = self.settings
         stack = self._stack
+        shadow_metrics = ShadowMetrics(self.metrics)
         if settings.proxy.mapping is None:
             raise ConfigError("proxy.mapping: the shadow applier needs a mapping file")
         try:
@@ -61,6 +75,7 @@ class ShadowWorker:
             await migrate(settings.database)
             pool = await create_pool(settings.database)
             stack.push_async_callback(pool.close)
+            self.metrics.pools["applier"] = pool
             stream = PostgresMirrorLog(pool)
             self.applier = Applier(
                 stream,
@@ -69,9 +84,13 @@ class ShadowWorker:
                 routes,
                 settings.applier,
                 settings.proxy.partitions,
+                shadow_metrics,
             )
             await self.applier.start()
             stack.push_async_callback(self.applier.stop)
+            self.sampler = HealthSampler(pool, shadow_metrics, self.applier)
+            self.sampler.start()
+            stack.push_async_callback(self.sampler.stop)
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
             self.resolver = InDoubtResolver(
@@ -83,6 +102,8 @@ class ShadowWorker:
             )
             self.resolver.start()
             stack.push_async_callback(self.resolver.stop)
+            applier, resolver = self.applier, self.resolver
+            self.metrics.register(StatsCollector(lambda: worker_families(applier, resolver)))
         except BaseException:
             await stack.aclose()
             raise
@@ -143,6 +164,10 @@ class Sidecar:
     #: run the shadow worker (applier, resolver) in this process; False when it runs as its
     #: own process (``serve`` starts ``ledger-sidecar apply`` beside itself)
     shadow_in_process: bool = True
+    #: where the shadow worker running as its own process serves its /metrics (merged into
+    #: this one's at each scrape)
+    worker_metrics_url: str | None = None
+    metrics: Registry = field(default_factory=Registry)
     proxy: Proxy | None = None
     worker: ShadowWorker | None = None
     runner: web.AppRunner | None = None
@@ -165,18 +190,29 @@ class Sidecar:
         settings = self.settings
         stack = self._stack
         try:
-            # 1. the route mapping (fails before anything is opened)
+            # 1. the route mapping (fails before anything is opened); in legacy mode too, if
+            # one is given, for the operation label of the sidecar's metrics
             routes = None
-            if settings.proxy.mode == "shadow" and settings.proxy.mapping:
+            if settings.proxy.mapping:
                 routes = load_route_table(settings.proxy.mapping)
+            proxy_metrics = ProxyMetrics(
+                self.metrics, AccountLabels(settings.telemetry), settings.proxy.mode
+            )
             # 2. database: migrations, a pool, and capture through the mirror stream
             capture = None
             if settings.proxy.mode == "shadow":
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
+                self.metrics.pools["capture"] = pool
                 capture = Capture(PostgresMirrorLog(pool), settings.capture)
                 await capture.start()
+                captured = capture
+                self.metrics.register(
+                    StatsCollector(
+                        lambda: capture_families(captured.stats, lambda: captured.queued)
+                    )
+                )
                 # totals saved after capture has stopped too (callbacks run in reverse)
                 counts = CountsSaver(pool, self)
                 stack.push_async_callback(counts.stop)
@@ -184,15 +220,19 @@ class Sidecar:
                 counts.start()
                 # 2b. the shadow worker, here or in its own process
                 if self.shadow_in_process:
-                    self.worker = ShadowWorker(settings)
+                    self.worker = ShadowWorker(settings, self.metrics)
                     await self.worker.start()
                     stack.push_async_callback(self.worker.stop)
             # 3. the keep-alive pool towards the legacy service
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
-            # 4. the proxy, listening
-            self.proxy = Proxy(settings.proxy, session, routes, capture)
-            self.runner = web.AppRunner(self.proxy.app(), access_log=None, auto_decompress=False)
+            # 4. the proxy, listening, with the metrics endpoint
+            self.proxy = Proxy(settings.proxy, session, routes, capture, proxy_metrics)
+            worker = None
+            if self.worker_metrics_url is not None:
+                worker = WorkerScrape(session, self.worker_metrics_url)
+            app = self.proxy.app({METRICS_PATH: metrics_handler(self.metrics, worker)})
+            self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)
             await self.runner.setup()
             stack.push_async_callback(self.runner.cleanup)
             await web.TCPSite(self.runner, settings.proxy.host, settings.proxy.port).start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,7 @@ from sidecar.errors import (
 )
 from sidecar.mapping_file import resolve_hook
 from sidecar.ports import LedgerStore, MirrorLog
+from sidecar.telemetry.metrics import ShadowMetrics
 
 #: a route hook: (the exchange, its path parameters) -> field values the file cannot say
 Hook = Callable[[Exchange, Mapping[str, str]], Mapping[str, Any]]
@@ -169,8 +171,10 @@ class Applier:
         routes: RouteTable,
         settings: ApplierSettings,
         partitions: int,
+        metrics: ShadowMetrics | None = None,
     ) -> None:
         self.stream = stream
+        self.metrics = metrics
         self.store = store
         self.comparisons = comparisons
         self.routes = routes
@@ -200,6 +204,7 @@ class Applier:
         self._bootstrapped = not settings.require_bootstrap
         self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
         self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
+        self._group_seconds = 0.0  # the last group's transaction
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._ready = asyncio.Event()
@@ -380,7 +385,7 @@ class Applier:
         for p in range(self.partitions):
             self._done[p] = max(self._done.get(p, 0), last)
         self._remember(ordered)
-        self._note(records)
+        self._note(records, {i.request_id: i.outcome.recorded_at for i in ordered})
         if self.settings.strict:
             for record in records:
                 if record.comparison.outcome is Outcome.MISMATCH:
@@ -661,9 +666,14 @@ class Applier:
             self._compare(ordered)
             return [i.record for i in ordered if i.record is not None]
 
+        started = time.perf_counter()
         records = await self.comparisons.apply_group(
             plan if not plan.is_empty else None, ledger_at, finish, compare_at
         )
+        self._group_seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.commit_duration.observe(self._group_seconds)
+            self.metrics.batch_commands.observe(len(commands))
         for item in ordered:
             seq = _place_of(item.result)
             if seq is not None:
@@ -827,13 +837,31 @@ class Applier:
         if len(self._recent) > PENDING_INTENTS_MAX:
             self._recent.clear()
 
-    def _note(self, records: Sequence[ComparisonRecord]) -> None:
-        """Count the group and log each divergence (the stored record is the source of truth;
-        ``ComparisonStore.counts`` has the totals by outcome and kind)."""
+    def _note(
+        self, records: Sequence[ComparisonRecord], answered: Mapping[str, float | None]
+    ) -> None:
+        """Count the group, observe its metrics and log each divergence (the stored record is
+        the source of truth; ``ComparisonStore.counts`` has the totals by outcome and kind)."""
         self.stats.groups += 1
         self.stats.compared += len(records)
+        now = time.time()
         for record in records:
-            if record.comparison.outcome is Outcome.MISMATCH:
+            outcome = record.comparison.outcome
+            if self.metrics is not None:
+                at = answered.get(record.request_id)
+                self.metrics.compared(
+                    record.operation,
+                    outcome.value,
+                    (k.value for k in record.comparison.kinds),
+                    None if at is None else now - at,
+                    record.trace_id,
+                )
+                self.metrics.upstream_duration.labels(
+                    "ledger",
+                    record.operation,
+                    "error" if outcome is Outcome.LEDGER_ERROR else "success",
+                ).observe(self._group_seconds)
+            if outcome is Outcome.MISMATCH:
                 log.warning(
                     "divergence",
                     extra={

@@ -59,6 +59,11 @@ class Capture:
         self.stats = CaptureStats()
 
     @property
+    def queued(self) -> int:
+        """Records waiting for the next commit."""
+        return self._queue.qsize()
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 

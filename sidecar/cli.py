@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -417,19 +418,35 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if proxy.mode == "shadow" and proxy.mapping is None:
         raise ConfigError("proxy.mapping: shadow mode needs a mapping file (--mapping FILE)")
     shadow = proxy.mode == "shadow"
-    sidecar = Sidecar(replace(settings, proxy=proxy), shadow_in_process=shadow and args.in_process)
+    separate = shadow and not args.in_process
+    metrics_port = _free_port(settings.telemetry.applier_metrics_host) if separate else None
+    sidecar = Sidecar(
+        replace(settings, proxy=proxy),
+        shadow_in_process=shadow and args.in_process,
+        worker_metrics_url=(
+            f"http://{settings.telemetry.applier_metrics_host}:{metrics_port}/metrics"
+            if separate
+            else None
+        ),
+    )
     await sidecar.start()
     supervisor: asyncio.Task[None] | None = None
     children: list[asyncio.subprocess.Process] = []
     try:
-        if shadow and not args.in_process:
+        if separate:
             # the applier in its own process: its work never holds up a customer's answer
             command = [sys.executable, "-m", "sidecar.cli"]
             if args.config:
                 command += ["--config", args.config]
             if args.schema_override:
                 command += ["--schema", args.schema_override]
-            command += ["apply", "--mapping", str(proxy.mapping)]
+            command += [
+                "apply",
+                "--mapping",
+                str(proxy.mapping),
+                "--metrics-port",
+                str(metrics_port),
+            ]
             env = {**os.environ, "LEGACY_URL": proxy.legacy_url}
             supervisor = asyncio.create_task(_supervise(command, env, children))
         print(
@@ -468,8 +485,16 @@ async def _supervise(
         pause = min(pause * 2, 30.0)
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.app import ShadowWorker
+    from sidecar.telemetry.endpoint import serve_metrics
 
     proxy = settings.proxy
     if args.mapping is not None:
@@ -477,6 +502,16 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     worker = ShadowWorker(replace(settings, proxy=proxy))
     await worker.start()
     assert worker.applier is not None
+    port = (
+        settings.telemetry.applier_metrics_port if args.metrics_port is None else args.metrics_port
+    )
+    try:
+        metrics = await serve_metrics(worker.metrics, settings.telemetry.applier_metrics_host, port)
+    except OSError as exc:
+        await worker.stop()
+        raise ConfigError(
+            f"telemetry.applier_metrics_port: cannot serve /metrics on {port}: {exc}"
+        ) from exc
     signalled = asyncio.create_task(_until_signalled())
     failed = asyncio.create_task(worker.applier.wait())
     try:
@@ -484,6 +519,7 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         signalled.cancel()
         failed.cancel()
+        await metrics.cleanup()
         await worker.stop()
     if failed.done() and not failed.cancelled() and failed.exception() is not None:
         # the applier stopped (strict mode, or a bug): say so and exit non-zero, so that the
@@ -548,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="run the shadow applier and in-doubt resolver alone (serve starts it)"
     )
     p.add_argument("--mapping", help="legacy-route mapping file (default: proxy.mapping)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics here (default: telemetry.applier_metrics_port)",
+    )
     p.set_defaults(handler=_apply)
 
     p = groups.add_parser(

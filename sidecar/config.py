@@ -121,6 +121,29 @@ class ApplierSettings:
     strict: bool = False
 
 
+#: more tiers or watched accounts than this is a start-up error: each is a label value
+ACCOUNT_TIERS_MAX = 8
+WATCH_ACCOUNTS_MAX = 20
+LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    #: the ``account_tier`` label: tier -> account-id patterns (shell-style, ``VIP-*``); the
+    #: first tier with a matching pattern wins, else ``default_account_tier``
+    account_tiers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_account_tier: str = "standard"
+    #: at most 20 accounts with latency of their own: label value (a name) -> account id;
+    #: the id itself never becomes a label value
+    watch_accounts: Mapping[str, str] = field(default_factory=dict)
+    #: request and answer fields never written to logs, spans or divergence records
+    sensitive_fields: tuple[str, ...] = ()
+    #: where ``ledger-sidecar apply`` serves its own /metrics (0: a free port, which is what
+    #: ``serve`` gives the applier it starts, then serves both on its own /metrics)
+    applier_metrics_port: int = 9466
+    applier_metrics_host: str = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -128,6 +151,7 @@ class Settings:
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     applier: ApplierSettings = field(default_factory=ApplierSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     log_level: str = "INFO"
 
 
@@ -238,7 +262,72 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "strict": lambda k, v: _boolean(k, v),
         "require_bootstrap": lambda k, v: _boolean(k, v),
     },
+    "telemetry": {
+        "account_tiers": lambda k, v: _account_tiers(k, v),
+        "default_account_tier": lambda k, v: _label_value(k, v),
+        "watch_accounts": lambda k, v: _watch_accounts(k, v),
+        "sensitive_fields": lambda k, v: _names(k, v),
+        "applier_metrics_port": lambda k, v: _port(k, v),
+        "applier_metrics_host": lambda k, v: _text(k, v),
+    },
 }
+
+
+def _label_value(key: str, value: object) -> str:
+    if not isinstance(value, str) or not LABEL_VALUE.match(value):
+        raise ConfigError(
+            f"{key}: must be a short lower-case name (a-z, 0-9, _ and -, 1-40), got {value!r}"
+        )
+    return value
+
+
+def _account_tiers(key: str, value: object) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a table of tier = [account-id patterns], got {value!r}")
+    if len(value) > ACCOUNT_TIERS_MAX:
+        raise ConfigError(
+            f"{key}: at most {ACCOUNT_TIERS_MAX} tiers (each is a label value), got {len(value)}"
+        )
+    tiers: dict[str, tuple[str, ...]] = {}
+    for tier, patterns in value.items():
+        name = _label_value(f"{key}.{tier}", tier)
+        if not isinstance(patterns, list) or not all(
+            isinstance(p, str) and p.strip() for p in patterns
+        ):
+            raise ConfigError(
+                f"{key}.{tier}: must be a list of account-id patterns, got {patterns!r}"
+            )
+        tiers[name] = tuple(p.strip() for p in patterns)
+    return tiers
+
+
+def _watch_accounts(key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{key}: must be a table of name = "account id", got {value!r}')
+    if len(value) > WATCH_ACCOUNTS_MAX:
+        raise ConfigError(
+            f"{key}: at most {WATCH_ACCOUNTS_MAX} watched accounts (each gets its own series), "
+            f"got {len(value)}"
+        )
+    watched = {
+        _label_value(f"{key}.{name}", name): _text(f"{key}.{name}", account)
+        for name, account in value.items()
+    }
+    if len(set(watched.values())) != len(watched):
+        raise ConfigError(f"{key}: an account is watched under two names")
+    return watched
+
+
+def _names(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{key}: must be a list of field names, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def _port(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{key}: must be a port number from 0 to 65535, got {value!r}")
+    return value
 
 
 def _boolean(key: str, value: object) -> bool:
@@ -263,7 +352,15 @@ def _section(cls: type[T], name: str, raw: object) -> T:
 def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from a parsed config document (tests pass a dict) and the environment."""
     environ = environ or {}
-    unknown = set(data) - {"database", "ledger", "capture", "proxy", "applier", "log_level"}
+    unknown = set(data) - {
+        "database",
+        "ledger",
+        "capture",
+        "proxy",
+        "applier",
+        "telemetry",
+        "log_level",
+    }
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section or setting")
     database_raw = dict(data.get("database", {}))
@@ -290,6 +387,12 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             f"in flight would be taken for lost ({applier.in_doubt_after_s} <= "
             f"{proxy.legacy_timeout_s})"
         )
+    telemetry = _section(TelemetrySettings, "telemetry", data.get("telemetry", {}))
+    if telemetry.default_account_tier in telemetry.account_tiers:
+        raise ConfigError(
+            f"telemetry.default_account_tier: {telemetry.default_account_tier!r} is also a "
+            "configured tier; the default is for accounts no tier names"
+        )
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
     return Settings(
         database=database,
@@ -297,6 +400,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         capture=capture,
         proxy=proxy,
         applier=applier,
+        telemetry=telemetry,
         log_level=log_level,
     )
 

@@ -25,6 +25,7 @@ Guarantees (tests/contract/test_ledger_store.py, run against this store and Post
 from __future__ import annotations
 
 import json
+import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
@@ -298,7 +299,7 @@ class InMemoryMirrorLog:
             known = self._index.get((record.request_id, record.kind))
             if known is None:
                 known = len(self._events) + 1
-                self._events.append(MirrorEvent(known, record))
+                self._events.append(MirrorEvent(known, record, time.time()))
                 self._index[(record.request_id, record.kind)] = known
             seqs.append(known)
         return seqs

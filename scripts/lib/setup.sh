@@ -410,6 +410,25 @@ EOF
     exit 1
 }
 
+# promtool (Prometheus 2.42 on Debian 12) lints a real scrape in the test suite; on CI as root
+# it is installed with apt-get, elsewhere its absence is said once and that test is skipped.
+ensure_test_tools() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    if _ls_can_apt_install; then
+        _ls_say "CI=true: installing promtool (Debian's prometheus package) with apt-get"
+        if apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                prometheus >/dev/null; then
+            return 0
+        fi
+        _ls_warn "apt-get install prometheus failed: the promtool test will be skipped"
+        return 0
+    fi
+    _ls_warn "promtool not found: the metrics lint test is skipped (Debian: apt-get install prometheus)"
+}
+
 # --- entry point ------------------------------------------------------------------------------
 
 setup_env() {

@@ -116,3 +116,24 @@ async def events_page(conn: asyncpg.Connection, after_seq: int, limit: int) -> l
 
 async def log_head(conn: asyncpg.Connection) -> Any:
     return await conn.fetchrow(HEAD)
+
+
+# the trial balance from the accounts' balances (one row per account, not per posting, so it
+# is cheap to sample often): each balance signed back by its account's normal side
+TRIAL_BALANCE_OF_ACCOUNTS = """
+SELECT currency,
+       sum(CASE normal_side WHEN 'debit' THEN balance_minor ELSE -balance_minor END)::text AS total
+FROM accounts GROUP BY currency ORDER BY currency
+"""
+HEADS = "SELECT (SELECT seq FROM log_head) AS ledger, (SELECT seq FROM mirror_head) AS mirror"
+
+
+async def heads_and_trial_balance(
+    conn: asyncpg.Connection,
+) -> tuple[int, int, dict[str, int]]:
+    """The ledger event log's head, the mirror stream's head, and the trial balance per
+    currency (must be zero), in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        heads = await conn.fetchrow(HEADS)
+        totals = await conn.fetch(TRIAL_BALANCE_OF_ACCOUNTS)
+    return heads["ledger"], heads["mirror"], {r["currency"]: int(r["total"]) for r in totals}

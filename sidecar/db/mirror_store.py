@@ -20,16 +20,19 @@ APPEND = (
     "$6::text[])"
 )
 READ = """
-SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id,
+       extract(epoch FROM recorded_at)::float8 AS recorded_at
 FROM mirror_events WHERE seq > $1 ORDER BY seq LIMIT $2
 """
 READ_PARTITION = """
-SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id,
+       extract(epoch FROM recorded_at)::float8 AS recorded_at
 FROM mirror_events WHERE partition = $3 AND seq > $1 ORDER BY seq LIMIT $2
 """
 HEAD = "SELECT seq FROM mirror_head"
 IN_DOUBT = """
-SELECT i.seq, i.partition, i.kind, i.request_id, i.route, i.content::text AS content, i.trace_id
+SELECT i.seq, i.partition, i.kind, i.request_id, i.route, i.content::text AS content, i.trace_id,
+       extract(epoch FROM i.recorded_at)::float8 AS recorded_at
 FROM mirror_events i
 WHERE i.kind = 'intent' AND i.seq <= $1 AND i.seq > $2
   AND NOT EXISTS (SELECT 1 FROM mirror_events o
@@ -37,7 +40,8 @@ WHERE i.kind = 'intent' AND i.seq <= $1 AND i.seq > $2
 ORDER BY i.seq
 """
 FIND = """
-SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id
+SELECT seq, partition, kind, request_id, route, content::text AS content, trace_id,
+       extract(epoch FROM recorded_at)::float8 AS recorded_at
 FROM mirror_events WHERE kind = $2 AND request_id = ANY($1::text[])
 """
 OFFSET = "SELECT seq FROM mirror_offsets WHERE consumer = $1 AND partition = $2"
@@ -87,6 +91,7 @@ def event_from_row(row: Any) -> MirrorEvent:
             route=row["route"],
             trace_id=row["trace_id"],
         ),
+        row["recorded_at"],
     )
 
 

@@ -40,6 +40,8 @@ class MirrorEvent:
 
     seq: int
     record: MirrorRecord
+    #: when it was committed, in seconds since the epoch (None where the log keeps no time)
+    recorded_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import base64
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from sidecar.capture import Capture
 from sidecar.config import ProxySettings
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
+from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
 
 #: RFC 9110 §7.6.1 and RFC 9112: meaningful for one connection only
 HOP_BY_HOP = frozenset(
@@ -55,6 +56,8 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({"content-length", "host"})
 SIDECAR_PREFIX = "/_sidecar/"
 PARTITION_FIELDS = ("debit", "account", "reverses", "key")
+#: the fields that name the account a request is about (its tier, its log lines)
+ACCOUNT_FIELDS = ("debit", "account")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ProxyStats:
 
 
 PROXY_STATS = web.AppKey("proxy_stats", ProxyStats)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -122,22 +126,35 @@ def _json(body: bytes) -> Any:
         return MISSING
 
 
-def _partition_key(matched: MatchedRoute, body: bytes, headers: Mapping[str, str]) -> str:
-    """The account (or other key) whose order the stream must keep; the body is parsed only
-    if the route takes that key from it."""
-    request_json: Any = MISSING
-    for name in PARTITION_FIELDS:
-        source = matched.route.fields.get(name)
-        if source is None:
-            continue
-        if source.origin is Origin.REQUEST and request_json is MISSING:
-            request_json = _json(body)
-        value = extract(
-            source, request=request_json, path_params=matched.path_params, headers=headers
-        )
-        if value is not MISSING and value is not None:
-            return str(value)
-    return matched.route.name
+class _Fields:
+    """A mapped request's fields, its JSON body parsed at most once and only if needed."""
+
+    def __init__(self, matched: MatchedRoute, body: bytes, headers: Mapping[str, str]) -> None:
+        self.matched = matched
+        self._body = body
+        self._headers = headers
+        self._json: Any = None
+
+    def first(self, names: tuple[str, ...]) -> str | None:
+        for name in names:
+            source = self.matched.route.fields.get(name)
+            if source is None:
+                continue
+            if source.origin is Origin.REQUEST and self._json is None:
+                self._json = _json(self._body)
+            value = extract(
+                source,
+                request=self._json if self._json is not None else MISSING,
+                path_params=self.matched.path_params,
+                headers=self._headers,
+            )
+            if value is not MISSING and value is not None:
+                return str(value)
+        return None
+
+    def partition_key(self) -> str:
+        """The account (or other key) whose order the stream must keep."""
+        return self.first(PARTITION_FIELDS) or self.matched.route.name
 
 
 @dataclass(slots=True)
@@ -164,6 +181,7 @@ class Proxy:
         session: aiohttp.ClientSession,
         routes: RouteTable | None = None,
         capture: Capture | None = None,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
@@ -171,14 +189,19 @@ class Proxy:
         self.session = session
         self.routes = routes
         self.capture = capture
+        self.metrics = metrics
         self.stats = ProxyStats()
         self.timeout = aiohttp.ClientTimeout(total=settings.legacy_timeout_s)
 
-    def app(self) -> web.Application:
+    def app(self, own: Mapping[str, Handler] | None = None) -> web.Application:
+        """The proxy's application; ``own`` adds GET paths the sidecar answers itself (its
+        /metrics), which are then never forwarded."""
         application = web.Application(client_max_size=self.settings.body_bytes_max)
         application[PROXY_STATS] = self.stats
         application.router.add_get(SIDECAR_PREFIX + "health", self.health)
         application.router.add_get(SIDECAR_PREFIX + "ready", self.ready)
+        for path, handler in (own or {}).items():
+            application.router.add_get(path, handler)
         application.router.add_route("*", "/{tail:.*}", self.forward)
         return application
 
@@ -191,69 +214,100 @@ class Proxy:
         return web.json_response(body, status=200 if capturing else 503)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         self.stats.requests += 1
+        matched = self.routes.match(request.method, request.path) if self.routes else None
+        view = _Fields(matched, b"", request.headers) if matched is not None else None
+        operation = matched.route.operation.value if matched is not None else UNMAPPED
+        outcome = "success"
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return problem(
-                413,
-                "request_too_large",
-                f"request bodies are limited to {self.settings.body_bytes_max} bytes",
-            )
-        forwarded = end_to_end(request.headers)
-        mirrored = await self._mirror_intent(request, forwarded, body)
-        try:
-            async with self.session.request(
-                request.method,
-                self.settings.legacy_url + request.rel_url.raw_path_qs,
-                headers=forwarded,
-                data=body if body else None,
-                allow_redirects=False,
-                timeout=self.timeout,
-            ) as upstream:
-                answer = await upstream.read()
-                status, headers = upstream.status, end_to_end(upstream.headers)
-                length = upstream.headers.get("Content-Length")
-        except TimeoutError:
-            return await self._legacy_failed(
-                mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
-            )
-        except aiohttp.ClientError as exc:
-            return await self._legacy_failed(
-                mirrored, 502, "legacy_unreachable", f"the legacy service cannot be reached: {exc}"
-            )
-        response = web.Response(status=status, headers=headers, body=answer)
-        if "Content-Type" not in headers:
-            del response.headers["Content-Type"]  # none was sent: invent none
-        if request.method == "HEAD" and length is not None:
-            response.headers["Content-Length"] = length
-        if mirrored is not None:  # only captured requests pay for decoding the answer
-            await mirrored.record(
-                RecordKind.OUTCOME,
-                {
-                    "status": status,
-                    "headers": header_pairs(headers),
-                    **_body_for_stream(answer, headers.get("Content-Encoding")),
-                },
-            )
-        return response
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                outcome = "request_too_large"
+                return problem(
+                    413,
+                    "request_too_large",
+                    f"request bodies are limited to {self.settings.body_bytes_max} bytes",
+                )
+            if matched is not None:
+                view = _Fields(matched, body, request.headers)
+            forwarded = end_to_end(request.headers)
+            mirrored = await self._mirror_intent(request, forwarded, body, view)
+            legacy_started = loop.time()
+            try:
+                async with self.session.request(
+                    request.method,
+                    self.settings.legacy_url + request.rel_url.raw_path_qs,
+                    headers=forwarded,
+                    data=body if body else None,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                ) as upstream:
+                    answer = await upstream.read()
+                    status, headers = upstream.status, end_to_end(upstream.headers)
+                    length = upstream.headers.get("Content-Length")
+            except TimeoutError:
+                outcome = "legacy_timeout"
+                self._legacy_call(operation, "timeout", loop.time() - legacy_started)
+                return await self._legacy_failed(
+                    mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
+                )
+            except aiohttp.ClientError as exc:
+                outcome = "legacy_unreachable"
+                self._legacy_call(operation, "unreachable", loop.time() - legacy_started)
+                return await self._legacy_failed(
+                    mirrored,
+                    502,
+                    "legacy_unreachable",
+                    f"the legacy service cannot be reached: {exc}",
+                )
+            outcome = outcome_of_status(status)
+            self._legacy_call(operation, outcome, loop.time() - legacy_started)
+            response = web.Response(status=status, headers=headers, body=answer)
+            if "Content-Type" not in headers:
+                del response.headers["Content-Type"]  # none was sent: invent none
+            if request.method == "HEAD" and length is not None:
+                response.headers["Content-Length"] = length
+            if mirrored is not None:  # only captured requests pay for decoding the answer
+                await mirrored.record(
+                    RecordKind.OUTCOME,
+                    {
+                        "status": status,
+                        "headers": header_pairs(headers),
+                        **_body_for_stream(answer, headers.get("Content-Encoding")),
+                    },
+                )
+            return response
+        finally:
+            if self.metrics is not None:
+                account = view.first(ACCOUNT_FIELDS) if view is not None else None
+                self.metrics.request(operation, outcome, account, loop.time() - started)
+
+    def _legacy_call(self, operation: str, outcome: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.legacy_call(operation, outcome, seconds)
 
     async def _mirror_intent(
-        self, request: web.Request, forwarded: CIMultiDict[str], body: bytes
+        self,
+        request: web.Request,
+        forwarded: CIMultiDict[str],
+        body: bytes,
+        view: _Fields | None,
     ) -> _Mirrored | None:
         """In shadow mode, record a mapped request before it is forwarded; count the rest."""
-        if self.settings.mode != "shadow" or self.routes is None or self.capture is None:
+        if self.settings.mode != "shadow" or self.capture is None:
             return None
-        matched = self.routes.match(request.method, request.path)
-        if matched is None:
+        if view is None:
             self.stats.unmapped += 1
             return None
         self.stats.mapped += 1
         mirrored = _Mirrored(
             self.capture,
-            matched.route.name,
+            view.matched.route.name,
             uuid.uuid4().hex,
-            partition_of(_partition_key(matched, body, request.headers), self.settings.partitions),
+            partition_of(view.partition_key(), self.settings.partitions),
             asyncio.get_running_loop().time() + self.capture.wait_s_max,
         )
         await mirrored.record(

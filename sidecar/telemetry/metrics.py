@@ -1,0 +1,408 @@
+"""Prometheus metrics: every family the sidecar exposes, with bounded labels.
+
+The customer path (``ProxyMetrics``) and the shadow worker (``ShadowMetrics``) each register
+their families in a registry the composition root owns; nothing is created at import time.
+When the shadow worker runs as its own process, ``serve`` scrapes it and ``render`` merges its
+families into the proxy's /metrics, so one scrape target shows both.
+
+Guarantees (tests/integration/test_metrics.py):
+- Names follow Prometheus conventions: one prefix (``ledger_sidecar_``), base units
+  (``_seconds``), ``_total`` on counters, ``_info`` for build info; ``promtool check metrics``
+  passes on a real scrape.
+- No account id is ever a label value. Per-account latency is bounded four ways: exemplars
+  carrying the trace id (OpenMetrics scrapes), the ``account_tier`` label (at most 8 configured
+  tiers and a default), a watch list of at most 20 accounts labelled by a configured name, and
+  the account id in every request log line. The number of series does not grow with the
+  number of accounts.
+- Every label set a dashboard reads is created at start, so it shows zero, not no data.
+- Histogram buckets include the SLO thresholds explicitly (``LATENCY_SLO_S``,
+  ``FRESHNESS_SLO_S``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from sidecar import __version__
+from sidecar.config import TelemetrySettings
+from sidecar.domain.comparison import DivergenceKind, Outcome
+from sidecar.domain.mapping import Operation
+
+PREFIX = "ledger_sidecar_"
+#: the classic text format every Prometheus reads (2.42 included); every name here is a
+#: legacy-valid one, so the bytes are those of any newer text version
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: the latency SLO's threshold: a customer answer slower than this is a bad event
+LATENCY_SLO_S = 0.25
+#: the shadow freshness SLO's threshold: a comparison later than this is a bad event
+FRESHNESS_SLO_S = 30.0
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, LATENCY_SLO_S, 0.5, 1, 2.5, 5, 10)
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, FRESHNESS_SLO_S, 60, 120, 300)
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+MODES = ("legacy", "shadow")
+#: what a request's operation label says when no mapped route matched
+UNMAPPED = "unmapped"
+OPERATIONS = (*(o.value for o in Operation), UNMAPPED)
+#: the customer's answer, as the sidecar saw it
+REQUEST_OUTCOMES = (
+    "success",
+    "client_error",
+    "server_error",
+    "legacy_timeout",
+    "legacy_unreachable",
+    "request_too_large",
+)
+LEGACY_OUTCOMES = ("success", "client_error", "server_error", "timeout", "unreachable")
+LEDGER_OUTCOMES = ("success", "error")
+DROP_REASONS = ("queue_full", "store_error", "stopped")
+IN_DOUBT_RESOLUTIONS = ("looked_up", "not_processed", "read", "unresolvable")
+POOL_STATES = ("in_use", "idle", "max")
+
+
+def outcome_of_status(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "client_error"
+    return "success"
+
+
+class AccountLabels:
+    """The bounded labels an account id maps to: its tier, and its watch-list name if any."""
+
+    CACHE_MAX = 100_000
+
+    def __init__(self, settings: TelemetrySettings) -> None:
+        self._patterns = [
+            (tier, pattern)
+            for tier, patterns in settings.account_tiers.items()
+            for pattern in patterns
+        ]
+        self.default_tier = settings.default_account_tier
+        self.tiers = (*settings.account_tiers, settings.default_account_tier)
+        self._watched = {account: name for name, account in settings.watch_accounts.items()}
+        self.watch_names = tuple(settings.watch_accounts)
+        self._cache: dict[str, str] = {}
+
+    def tier(self, account_id: str | None) -> str:
+        if account_id is None or not self._patterns:
+            return self.default_tier
+        tier = self._cache.get(account_id)
+        if tier is None:
+            tier = next(
+                (t for t, p in self._patterns if fnmatch.fnmatchcase(account_id, p)),
+                self.default_tier,
+            )
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            self._cache[account_id] = tier
+        return tier
+
+    def watched(self, account_id: str | None) -> str | None:
+        return None if account_id is None else self._watched.get(account_id)
+
+
+class Registry:
+    """One process's metrics: its prometheus registry and the families its parts share (the
+    upstream-call histogram, the database pools)."""
+
+    def __init__(self) -> None:
+        # no ``_created`` series: they double the series count and no dashboard reads them
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.prometheus = CollectorRegistry()
+        self.pools: dict[str, Any] = {}
+        self.prometheus.register(StatsCollector(lambda: pool_families(self.pools)))
+        self._upstream: Histogram | None = None
+
+    def upstream_duration(self) -> Histogram:
+        if self._upstream is None:
+            self._upstream = Histogram(
+                PREFIX + "upstream_duration_seconds",
+                "Calls to the systems behind the sidecar: the legacy service per request, the "
+                "ledger per applied group (each request in a group observes the group's "
+                "commit).",
+                ["upstream", "operation", "outcome"],
+                buckets=LATENCY_BUCKETS,
+                registry=self.prometheus,
+            )
+        return self._upstream
+
+    def register(self, collector: Collector) -> None:
+        self.prometheus.register(collector)
+
+
+def _exemplar(trace_id: str | None) -> dict[str, str] | None:
+    return {"trace_id": trace_id} if trace_id else None
+
+
+class ProxyMetrics:
+    """The customer path: requests, the legacy call, capture, the mode and the build."""
+
+    def __init__(self, metrics: Registry, accounts: AccountLabels, mode: str) -> None:
+        registry = metrics.prometheus
+        self.accounts = accounts
+        self.mode = mode
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Customer requests through the sidecar, from arrival to the answer sent.",
+            ["operation", "outcome", "mode", "account_tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.watched_duration = Histogram(
+            PREFIX + "watched_account_request_duration_seconds",
+            "Customer requests of the accounts on the watch list, by the name it gives them.",
+            ["watched_account", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = metrics.upstream_duration()
+        self.mode_gauge = Gauge(
+            PREFIX + "mode",
+            "The mode the sidecar answers in: 1 for the current one, 0 for the others.",
+            ["mode"],
+            registry=registry,
+        )
+        Info(PREFIX + "build", "The running build.", registry=registry).info(
+            {"version": __version__, "python_version": platform.python_version()}
+        )
+        for m in MODES:
+            self.mode_gauge.labels(m).set(1 if m == mode else 0)
+        for operation in OPERATIONS:
+            for outcome in REQUEST_OUTCOMES:
+                for tier in accounts.tiers:
+                    self.request_duration.labels(operation, outcome, mode, tier)
+            for outcome in LEGACY_OUTCOMES:
+                self.upstream_duration.labels("legacy", operation, outcome)
+            for name in accounts.watch_names:
+                self.watched_duration.labels(name, operation)
+
+    def request(
+        self,
+        operation: str,
+        outcome: str,
+        account_id: str | None,
+        seconds: float,
+        trace_id: str | None = None,
+    ) -> None:
+        exemplar = _exemplar(trace_id)
+        tier = self.accounts.tier(account_id)
+        self.request_duration.labels(operation, outcome, self.mode, tier).observe(seconds, exemplar)
+        name = self.accounts.watched(account_id)
+        if name is not None:
+            self.watched_duration.labels(name, operation).observe(seconds, exemplar)
+
+    def legacy_call(
+        self, operation: str, outcome: str, seconds: float, trace_id: str | None = None
+    ) -> None:
+        self.upstream_duration.labels("legacy", operation, outcome).observe(
+            seconds, _exemplar(trace_id)
+        )
+
+
+class ShadowMetrics:
+    """The shadow worker: comparisons, divergences, lag, the ledger's writes and health."""
+
+    def __init__(self, metrics: Registry) -> None:
+        registry = metrics.prometheus
+        self.comparisons = Counter(
+            PREFIX + "comparisons",
+            "Mirrored requests compared, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.divergences = Counter(
+            PREFIX + "divergences",
+            "Kinds of difference found in mismatched comparisons (one comparison can count "
+            "under several kinds).",
+            ["operation", "kind"],
+            registry=registry,
+        )
+        self.shadow_lag = Histogram(
+            PREFIX + "shadow_lag_seconds",
+            "From the legacy answer being recorded to its comparison committed.",
+            ["operation"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = metrics.upstream_duration()
+        self.batch_commands = Histogram(
+            PREFIX + "ledger_batch_commands",
+            "Ledger commands planned and committed together, per applied group.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.commit_duration = Histogram(
+            PREFIX + "ledger_commit_duration_seconds",
+            "One applied group's transaction: ledger writes, balance reads, comparisons and "
+            "offsets.",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.event_log_head = Gauge(
+            PREFIX + "ledger_event_log_head",
+            "The sequence number of the ledger event log's last event.",
+            registry=registry,
+        )
+        self.stream_head = Gauge(
+            PREFIX + "mirror_stream_head",
+            "The sequence number of the mirror stream's last record.",
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            PREFIX + "mirror_backlog_events",
+            "Mirror stream records not yet applied and compared.",
+            registry=registry,
+        )
+        self.trial_balance = Gauge(
+            PREFIX + "ledger_trial_balance_minor",
+            "Sum of every account's balance per currency, signed by its normal side, in minor "
+            "units: must read zero.",
+            ["currency"],
+            registry=registry,
+        )
+        for operation in (o.value for o in Operation):
+            for outcome in Outcome:
+                self.comparisons.labels(operation, outcome.value)
+            for kind in DivergenceKind:
+                self.divergences.labels(operation, kind.value)
+            self.shadow_lag.labels(operation)
+            for result in LEDGER_OUTCOMES:
+                self.upstream_duration.labels("ledger", operation, result)
+
+    def compared(
+        self,
+        operation: str,
+        outcome: str,
+        kinds: Iterable[str],
+        lag_s: float | None,
+        trace_id: str | None,
+    ) -> None:
+        self.comparisons.labels(operation, outcome).inc()
+        for kind in kinds:
+            self.divergences.labels(operation, kind).inc()
+        if lag_s is not None:
+            self.shadow_lag.labels(operation).observe(max(0.0, lag_s), _exemplar(trace_id))
+
+
+class StatsCollector(Collector):
+    """Counters kept by a part as plain numbers (capture's, the proxy's), exposed at scrape
+    time: the hot path adds integers, and the scrape reads the single source of truth."""
+
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return self._read()
+
+
+def capture_families(stats: Any, queued: Callable[[], int]) -> Iterator[Metric]:
+    """Capture's counts (``sidecar.capture.CaptureStats``) as metric families."""
+    records = CounterMetricFamily(
+        PREFIX + "capture_records",
+        "Mirror records handed to capture, by what became of them: committed (late too), dropped.",
+        labels=["result"],
+    )
+    records.add_metric(["committed"], stats.committed)
+    records.add_metric(["dropped"], sum(stats.dropped.values()))
+    yield records
+    late = CounterMetricFamily(
+        PREFIX + "capture_late_records",
+        "Records committed after their customer's answer had gone out (capture was slow).",
+    )
+    late.add_metric([], stats.late)
+    yield late
+    dropped = CounterMetricFamily(
+        PREFIX + "capture_dropped_records",
+        "Records capture dropped, by reason; every drop is counted here.",
+        labels=["reason"],
+    )
+    for reason in sorted({*DROP_REASONS, *stats.dropped}):
+        dropped.add_metric([reason], stats.dropped.get(reason, 0))
+    yield dropped
+    commits = CounterMetricFamily(
+        PREFIX + "capture_commits", "Group commits of the mirror stream (many records each)."
+    )
+    commits.add_metric([], stats.appends)
+    yield commits
+    queue = GaugeMetricFamily(
+        PREFIX + "capture_queue_records", "Records waiting for capture's next commit."
+    )
+    queue.add_metric([], queued())
+    yield queue
+
+
+def pool_families(pools: Mapping[str, Any]) -> Iterator[Metric]:
+    """asyncpg pools' connections: in use, idle, and the configured maximum."""
+    family = GaugeMetricFamily(
+        PREFIX + "db_pool_connections",
+        "Database pool connections by pool and state (in_use, idle, max).",
+        labels=["pool", "state"],
+    )
+    for name, pool in pools.items():
+        size, idle = pool.get_size(), pool.get_idle_size()
+        family.add_metric([name, "in_use"], size - idle)
+        family.add_metric([name, "idle"], idle)
+        family.add_metric([name, "max"], pool.get_max_size())
+    yield family
+
+
+# --- exposition --------------------------------------------------------------------------
+
+
+class _Merged:
+    """A registry-like view: the families of several sources, same-named ones merged (the
+    proxy's and the shadow worker's ``upstream_duration_seconds``, their pools)."""
+
+    def __init__(self, sources: Sequence[Iterable[Metric]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for source in self._sources:
+            for family in source:
+                mine = merged.get(family.name)
+                if mine is None:
+                    merged[family.name] = family
+                else:
+                    mine.samples.extend(family.samples)
+        return list(merged.values())
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    return bool(accept) and "application/openmetrics-text" in (accept or "")
+
+
+def render(
+    metrics: Registry, accept: str | None, extra: Iterable[Metric] = ()
+) -> tuple[bytes, str]:
+    """The exposition for a scrape: OpenMetrics (with exemplars) when Prometheus asks for it,
+    the classic text format otherwise; ``extra`` holds families scraped from the worker."""
+    view = _Merged([metrics.prometheus.collect(), extra])
+    if wants_openmetrics(accept):
+        return openmetrics.generate_latest(view), openmetrics.CONTENT_TYPE_LATEST  # type: ignore[no-untyped-call]
+    return generate_latest(view), TEXT_CONTENT_TYPE
+
+
+def parse_openmetrics(text: str) -> list[Metric]:
+    """Families from a worker's OpenMetrics exposition (exemplars kept)."""
+    return list(text_string_to_metric_families(text))  # type: ignore[no-untyped-call]

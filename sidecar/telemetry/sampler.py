@@ -1,0 +1,107 @@
+"""The shadow worker's gauges that only the database knows: heads, backlog, trial balance, and
+the counts its parts keep (applier groups and retries, requests in doubt), for /metrics.
+
+``HealthSampler`` reads the database every ``every_s`` seconds, never at scrape time, so a
+scrape never waits on PostgreSQL and a slow database shows as stale gauges, not as a failed
+scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sidecar.applier import Applier
+from sidecar.db.connect import pooled
+from sidecar.db.ledger_audit import heads_and_trial_balance
+from sidecar.errors import SidecarError
+from sidecar.in_doubt import InDoubtResolver
+from sidecar.telemetry.metrics import IN_DOUBT_RESOLUTIONS, PREFIX, ShadowMetrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthSampler:
+    """Owner of the task that samples the database for the shadow worker's gauges."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: ShadowMetrics,
+        applier: Applier,
+        every_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._applier = applier
+        self._every_s = every_s
+        self._currencies: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="health-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def sample(self) -> None:
+        async with pooled(self._pool) as conn:
+            ledger_head, stream_head, totals = await heads_and_trial_balance(conn)
+        m = self._metrics
+        m.event_log_head.set(ledger_head)
+        m.stream_head.set(stream_head)
+        m.backlog.set(max(0, stream_head - self._applier.cursor))
+        # a currency seen once keeps its series (at zero if its accounts are gone)
+        self._currencies |= totals.keys()
+        for currency in self._currencies:
+            m.trial_balance.labels(currency).set(totals.get(currency, 0))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except SidecarError as exc:  # the database is down: the gauges go stale, not away
+                log.warning("health not sampled", extra={"event": "sampler", "code": exc.code})
+            await asyncio.sleep(self._every_s)
+
+
+def worker_families(applier: Applier, resolver: InDoubtResolver | None) -> Iterator[Metric]:
+    """The counts the applier and the in-doubt resolver keep, as metric families."""
+    groups = CounterMetricFamily(
+        PREFIX + "applier_groups", "Stream groups applied and compared (one transaction each)."
+    )
+    groups.add_metric([], applier.stats.groups)
+    yield groups
+    retries = CounterMetricFamily(
+        PREFIX + "applier_retries",
+        "Groups the applier read again after a failure (nothing of them had been written).",
+    )
+    retries.add_metric([], applier.stats.retries)
+    yield retries
+    totals = resolver.totals if resolver is not None else None
+    in_doubt = GaugeMetricFamily(
+        PREFIX + "in_doubt_requests",
+        "Requests in doubt (an intent, no outcome, older than applier.in_doubt_after_s) the "
+        "resolver's last pass could not resolve yet.",
+    )
+    in_doubt.add_metric([], len(totals.unresolved) if totals is not None else 0)
+    yield in_doubt
+    resolved = CounterMetricFamily(
+        PREFIX + "in_doubt_resolved",
+        "Requests in doubt closed, by how: looked_up at the legacy service, not_processed by "
+        "it, read (a balance read: moved nothing), unresolvable (no lookup route).",
+        labels=["resolution"],
+    )
+    done = totals.resolved if totals is not None else {}
+    for how in sorted({*IN_DOUBT_RESOLUTIONS, *done}):
+        resolved.add_metric([how], done.get(how, 0))
+    yield resolved

@@ -1,0 +1,159 @@
+"""/metrics as a product surface: a real scrape of a running sidecar (shadow mode, the demo
+legacy service over HTTP, PostgreSQL) passes ``promtool check metrics``, shows zero rather than
+no data, and its number of series does not grow with the number of accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from dataclasses import replace
+
+import aiohttp
+import pytest
+from aiohttp import web
+from sidecar.app import Sidecar
+from sidecar.config import DatabaseSettings, Settings, TelemetrySettings
+from sidecar.demo.legacy import FaultRates, LegacyService
+from sidecar.demo.shadow_demo import MAPPING, ShadowStack
+
+from tests.integration.test_shadow import shadow_settings, traffic
+
+PROMTOOL = shutil.which("promtool")
+#: the most series one sidecar (proxy and shadow worker, default telemetry settings) exposes;
+#: docs/observability.md explains the sum
+SERIES_BUDGET = 2500
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+async def scrape(url: str, accept: str | None = None) -> tuple[str, str]:
+    headers = {"Accept": accept} if accept else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
+        assert answer.status == 200
+        return await answer.text(), answer.headers["Content-Type"]
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, for every sample line of a text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def value(found: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    total = 0.0
+    for key, v in found.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(pairs.get(k) == want for k, want in labels.items()):
+            total += v
+    return total
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
+async def test_a_real_scrape_passes_promtool_and_reads_zero_before_traffic(
+    settings: Settings, db: DatabaseSettings
+) -> None:
+    async with ShadowStack(shadow_settings(settings, db), customers=40) as stack:
+        url = stack.sidecar_url + "/metrics"
+        before = samples((await scrape(url))[0])
+        await stack.bootstrap()
+        await traffic(stack, 2.0)
+        await stack.read_every_balance()
+        await stack.settle()
+        worker = stack.sidecar.worker
+        assert worker is not None and worker.sampler is not None
+        await worker.sampler.sample()
+        text, content_type = await scrape(url)
+        openmetrics, om_type = await scrape(url, OPENMETRICS)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    promtool = await asyncio.create_subprocess_exec(
+        str(PROMTOOL),
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    said = (await promtool.communicate(text.encode()))[0].decode()
+    assert promtool.returncode == 0, said
+    # pre-initialised: a dashboard reads zero, not no data
+    mismatch = 'ledger_sidecar_comparisons_total{operation="transfer",outcome="mismatch"}'
+    assert before[mismatch] == 0
+    assert before['ledger_sidecar_capture_dropped_records_total{reason="queue_full"}'] == 0
+    found = samples(text)
+    assert value(found, "ledger_sidecar_comparisons_total", outcome="match") > 100
+    assert value(found, "ledger_sidecar_request_duration_seconds_count", mode="shadow") > 100
+    assert value(found, "ledger_sidecar_upstream_duration_seconds_count", upstream="legacy") > 100
+    assert value(found, "ledger_sidecar_upstream_duration_seconds_count", upstream="ledger") > 100
+    assert value(found, "ledger_sidecar_capture_records_total", result="committed") > 200
+    assert value(found, "ledger_sidecar_shadow_lag_seconds_count") > 100
+    assert value(found, "ledger_sidecar_ledger_event_log_head") > 0
+    assert found['ledger_sidecar_ledger_trial_balance_minor{currency="EUR"}'] == 0
+    assert value(found, "ledger_sidecar_db_pool_connections", pool="capture", state="max") > 0
+    assert value(found, "ledger_sidecar_build_info") == 1
+    assert found['ledger_sidecar_mode{mode="shadow"}'] == 1
+    assert "CUST-" not in text  # no account id in any label, ever
+    assert om_type.startswith("application/openmetrics-text")
+    assert openmetrics.endswith("# EOF\n")
+
+
+async def _legacy_mode_sidecar(
+    settings: Settings, telemetry: TelemetrySettings, legacy_url: str
+) -> Sidecar:
+    proxy = replace(
+        settings.proxy, legacy_url=legacy_url, port=0, mode="legacy", mapping=str(MAPPING)
+    )
+    sidecar = Sidecar(replace(settings, proxy=proxy, telemetry=telemetry))
+    await sidecar.start()
+    return sidecar
+
+
+async def _balances(base: str, accounts: list[str]) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(account: str) -> None:
+            async with session.get(f"{base}/v1/accounts/{account}/balance") as answer:
+                await answer.read()
+
+        for start in range(0, len(accounts), 50):
+            await asyncio.gather(*(one(a) for a in accounts[start : start + 50]))
+
+
+async def test_series_do_not_grow_with_accounts_and_stay_under_the_budget(
+    settings: Settings,
+) -> None:
+    legacy = LegacyService(FaultRates(), seed=1)
+    legacy.seed_accounts(3000)
+    runner = web.AppRunner(legacy.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    telemetry = TelemetrySettings(
+        account_tiers={"vip": ("CUST-0000*",)}, watch_accounts={"treasury": "CUST-00001"}
+    )
+    sidecar = await _legacy_mode_sidecar(
+        settings, telemetry, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    )
+    try:
+        base = f"http://127.0.0.1:{sidecar.port}"
+        await _balances(base, [f"CUST-{i:05d}" for i in range(10)])
+        ten = samples((await scrape(base + "/metrics"))[0])
+        await _balances(base, [f"CUST-{i:05d}" for i in range(3000)] + ["NOBODY-1", "NOBODY-2"])
+        many = samples((await scrape(base + "/metrics"))[0])
+    finally:
+        await sidecar.stop()
+        await runner.cleanup()
+    assert set(many) == set(ten)
+    assert len(many) <= SERIES_BUDGET, len(many)
+    count = "ledger_sidecar_request_duration_seconds_count"
+    assert value(many, count, operation="balance") == 10 + 3002
+    assert value(many, count, operation="balance", account_tier="vip") == 10 + 10
+    assert value(many, count, account_tier="standard", outcome="client_error") == 2
+    watched = "ledger_sidecar_watched_account_request_duration_seconds_count"
+    assert value(many, watched, watched_account="treasury", operation="balance") == 2
