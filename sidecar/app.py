@@ -230,7 +230,10 @@ class Sidecar:
             self.proxy = Proxy(settings.proxy, session, routes, capture, proxy_metrics)
             worker = None
             if self.worker_metrics_url is not None:
-                worker = WorkerScrape(session, self.worker_metrics_url)
+                # its own connection: a scrape never queues behind customers' legacy calls
+                scraping = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+                stack.push_async_callback(scraping.close)
+                worker = WorkerScrape(scraping, self.worker_metrics_url)
             app = self.proxy.app({METRICS_PATH: metrics_handler(self.metrics, worker)})
             self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)
             await self.runner.setup()

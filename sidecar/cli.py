@@ -499,19 +499,25 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     proxy = settings.proxy
     if args.mapping is not None:
         proxy = replace(proxy, mapping=args.mapping)
-    worker = ShadowWorker(replace(settings, proxy=proxy))
-    await worker.start()
-    assert worker.applier is not None
     port = (
         settings.telemetry.applier_metrics_port if args.metrics_port is None else args.metrics_port
     )
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics-port: must be a port number from 0 to 65535, got {port}")
+    worker = ShadowWorker(replace(settings, proxy=proxy))
+    # /metrics first: a port that cannot be bound stops the command before anything is applied
     try:
         metrics = await serve_metrics(worker.metrics, settings.telemetry.applier_metrics_host, port)
     except OSError as exc:
-        await worker.stop()
         raise ConfigError(
             f"telemetry.applier_metrics_port: cannot serve /metrics on {port}: {exc}"
         ) from exc
+    try:
+        await worker.start()
+    except BaseException:
+        await metrics.cleanup()
+        raise
+    assert worker.applier is not None
     signalled = asyncio.create_task(_until_signalled())
     failed = asyncio.create_task(worker.applier.wait())
     try:

@@ -154,7 +154,8 @@ class _Fields:
 
     def partition_key(self) -> str:
         """The account (or other key) whose order the stream must keep."""
-        return self.first(PARTITION_FIELDS) or self.matched.route.name
+        key = self.first(PARTITION_FIELDS)
+        return key if key is not None else self.matched.route.name
 
 
 @dataclass(slots=True)
@@ -280,6 +281,9 @@ class Proxy:
                     },
                 )
             return response
+        except BaseException:
+            outcome = "server_error"  # aiohttp answers 500 (or the request was cancelled)
+            raise
         finally:
             if self.metrics is not None:
                 account = view.first(ACCOUNT_FIELDS) if view is not None else None
