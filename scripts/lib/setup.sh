@@ -55,7 +55,7 @@ _LS_PG_TMPDIRS=()
 _LS_PG_LAST_ERROR=""
 _LS_URL_FROM_CALLER=0
 
-_ls_say() { printf '==> %s\n' "$*"; }
+_ls_say() { printf '==> %s\n' "$*" >&2; }
 _ls_warn() { printf '==> warning: %s\n' "$*" >&2; }
 _ls_err() { printf '==> error: %s\n' "$*" >&2; }
 
