@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 from aiohttp import web
+from opentelemetry import trace
 
 from sidecar.applier import Applier
 from sidecar.capture import Capture
@@ -58,6 +59,7 @@ class ShadowWorker:
     settings: Settings
     #: the process's metrics (the sidecar's own when the worker runs inside it)
     metrics: Registry = field(default_factory=Registry)
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
     applier: Applier | None = None
     resolver: InDoubtResolver | None = None
     sampler: HealthSampler | None = None
@@ -85,6 +87,7 @@ class ShadowWorker:
                 settings.applier,
                 settings.proxy.partitions,
                 shadow_metrics,
+                self.tracer,
             )
             await self.applier.start()
             stack.push_async_callback(self.applier.stop)
@@ -168,6 +171,8 @@ class Sidecar:
     #: this one's at each scrape)
     worker_metrics_url: str | None = None
     metrics: Registry = field(default_factory=Registry)
+    #: spans of the customer path (and of the worker, when it runs here)
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
     proxy: Proxy | None = None
     worker: ShadowWorker | None = None
     runner: web.AppRunner | None = None
@@ -220,14 +225,14 @@ class Sidecar:
                 counts.start()
                 # 2b. the shadow worker, here or in its own process
                 if self.shadow_in_process:
-                    self.worker = ShadowWorker(settings, self.metrics)
+                    self.worker = ShadowWorker(settings, self.metrics, self.tracer)
                     await self.worker.start()
                     stack.push_async_callback(self.worker.stop)
             # 3. the keep-alive pool towards the legacy service
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
             # 4. the proxy, listening, with the metrics endpoint
-            self.proxy = Proxy(settings.proxy, session, routes, capture, proxy_metrics)
+            self.proxy = Proxy(settings.proxy, session, routes, capture, proxy_metrics, self.tracer)
             worker = None
             if self.worker_metrics_url is not None:
                 # its own connection: a scrape never queues behind customers' legacy calls

@@ -33,6 +33,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
+
 from sidecar.config import ApplierSettings
 from sidecar.db.comparison_store import BalanceReader, PostgresComparisonStore
 from sidecar.domain.bootstrap import (
@@ -98,6 +101,7 @@ from sidecar.errors import (
 from sidecar.mapping_file import resolve_hook
 from sidecar.ports import LedgerStore, MirrorLog
 from sidecar.telemetry.metrics import ShadowMetrics
+from sidecar.telemetry.tracing import remote_parent
 
 #: a route hook: (the exchange, its path parameters) -> field values the file cannot say
 Hook = Callable[[Exchange, Mapping[str, str]], Mapping[str, Any]]
@@ -172,9 +176,11 @@ class Applier:
         settings: ApplierSettings,
         partitions: int,
         metrics: ShadowMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.stream = stream
         self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
         self.store = store
         self.comparisons = comparisons
         self.routes = routes
@@ -205,6 +211,8 @@ class Applier:
         self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
         self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
         self._group_seconds = 0.0  # the last group's transaction
+        self._group_ns = (0, 0)  # its start and end, for spans (ns since the epoch)
+        self._compare_ns = (0, 0)
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._ready = asyncio.Event()
@@ -386,6 +394,7 @@ class Applier:
             self._done[p] = max(self._done.get(p, 0), last)
         self._remember(ordered)
         self._note(records, {i.request_id: i.outcome.recorded_at for i in ordered})
+        self._trace(records, ordered)
         if self.settings.strict:
             for record in records:
                 if record.comparison.outcome is Outcome.MISMATCH:
@@ -663,14 +672,18 @@ class Applier:
                 seq = _place_of(item.result)
                 if seq is not None:
                     running = max(running, seq)
+            compare_started = time.time_ns()
             self._compare(ordered)
+            self._compare_ns = (compare_started, time.time_ns())
             return [i.record for i in ordered if i.record is not None]
 
         started = time.perf_counter()
+        started_ns = time.time_ns()
         records = await self.comparisons.apply_group(
             plan if not plan.is_empty else None, ledger_at, finish, compare_at
         )
         self._group_seconds = time.perf_counter() - started
+        self._group_ns = (started_ns, time.time_ns())
         if self.metrics is not None:
             self.metrics.commit_duration.observe(self._group_seconds)
             self.metrics.batch_commands.observe(len(commands))
@@ -877,6 +890,41 @@ class Applier:
                         "trace_id": record.trace_id,
                     },
                 )
+
+    def _trace(self, records: Sequence[ComparisonRecord], ordered: Sequence[_Item]) -> None:
+        """Each compared request's ``apply`` and ``compare`` spans, children of its server
+        span (whose ids its intent carries): its trace tells the whole story."""
+        parents = {
+            i.request_id: i.intent.record.content.get("span_id")
+            for i in ordered
+            if i.intent is not None
+        }
+        for record in records:
+            parent = remote_parent(record.trace_id, parents.get(record.request_id))
+            if parent is None:
+                continue
+            attributes: dict[str, AttributeValue] = {
+                "ledger_sidecar.operation": record.operation,
+                "ledger_sidecar.route": record.route,
+                "ledger_sidecar.stream_offset": record.seq,
+            }
+            apply = self.tracer.start_span(
+                "apply", parent, attributes=attributes, start_time=self._group_ns[0]
+            )
+            apply.end(end_time=self._group_ns[1])
+            compare = self.tracer.start_span(
+                "compare",
+                parent,
+                attributes={
+                    **attributes,
+                    "ledger_sidecar.comparison.outcome": record.comparison.outcome.value,
+                    "ledger_sidecar.divergence.kinds": sorted(
+                        k.value for k in record.comparison.kinds
+                    ),
+                },
+                start_time=self._compare_ns[0],
+            )
+            compare.end(end_time=self._compare_ns[1])
 
 
 def _seq_of(result: Result | int | None) -> int | None:

@@ -22,6 +22,7 @@ from sidecar import __version__, config, runtime
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
+from sidecar.telemetry.tracing import provider_from_environ, tracer_of
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -132,6 +133,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         as_json=args.json,
+        tracer=tracer_of(provider_from_environ(os.environ)),
     )
 
 
@@ -420,9 +422,11 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     shadow = proxy.mode == "shadow"
     separate = shadow and not args.in_process
     metrics_port = _free_port(settings.telemetry.applier_metrics_host) if separate else None
+    tracing = provider_from_environ(os.environ)
     sidecar = Sidecar(
         replace(settings, proxy=proxy),
         shadow_in_process=shadow and args.in_process,
+        tracer=tracer_of(tracing),
         worker_metrics_url=(
             f"http://{settings.telemetry.applier_metrics_host}:{metrics_port}/metrics"
             if separate
@@ -464,6 +468,8 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 child.terminate()
                 await child.wait()
         await sidecar.stop()
+        if tracing is not None:
+            tracing.shutdown()  # what is still batched is exported
     return 0
 
 
@@ -504,7 +510,8 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not 0 <= port <= 65535:
         raise ConfigError(f"--metrics-port: must be a port number from 0 to 65535, got {port}")
-    worker = ShadowWorker(replace(settings, proxy=proxy))
+    tracing = provider_from_environ(os.environ)
+    worker = ShadowWorker(replace(settings, proxy=proxy), tracer=tracer_of(tracing))
     # /metrics first: a port that cannot be bound stops the command before anything is applied
     try:
         metrics = await serve_metrics(worker.metrics, settings.telemetry.applier_metrics_host, port)
@@ -527,6 +534,8 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
         failed.cancel()
         await metrics.cleanup()
         await worker.stop()
+        if tracing is not None:
+            tracing.shutdown()
     if failed.done() and not failed.cancelled() and failed.exception() is not None:
         # the applier stopped (strict mode, or a bug): say so and exit non-zero, so that the
         # process supervisor (or serve) sees it instead of an idle process

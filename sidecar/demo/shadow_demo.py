@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry import trace
 
 from sidecar.app import Sidecar
 from sidecar.bootstrap import BootstrapReport, bootstrap
@@ -62,6 +63,8 @@ class ShadowStack:
     #: run the demo legacy service in its own process (as a deployment does), not in this one
     legacy_process: bool = False
     mapping: Path = MAPPING
+    #: spans of the sidecar (none by default)
+    tracer: trace.Tracer | None = None
     legacy: LegacyService = field(init=False)
     sidecar: Sidecar = field(init=False)
     legacy_url: str = field(init=False)
@@ -143,7 +146,9 @@ class ShadowStack:
             mode="shadow",
             mapping=str(self.mapping),
         )
-        self.sidecar = Sidecar(replace(self.settings, proxy=proxy))
+        self.sidecar = Sidecar(
+            replace(self.settings, proxy=proxy), tracer=self.tracer or trace.NoOpTracer()
+        )
         await self.sidecar.start()
         self._stack.push_async_callback(self.sidecar.stop)
 
@@ -343,6 +348,7 @@ async def run_shadow_demo(
     workers: int,
     seed: int,
     as_json: bool,
+    tracer: trace.Tracer | None = None,
 ) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -360,7 +366,9 @@ async def run_shadow_demo(
         applier=replace(settings.applier, require_bootstrap=True, in_doubt_after_s=3.0),
     )
     say(f"==> fresh ledger in schema {db.schema} at {db.url}")
-    stack = ShadowStack(settings, customers=customers, seed=seed, port=port, legacy_process=True)
+    stack = ShadowStack(
+        settings, customers=customers, seed=seed, port=port, legacy_process=True, tracer=tracer
+    )
     async with stack:
         say(
             f"==> demo legacy service at {stack.legacy_url} ({customers} customers with money); "

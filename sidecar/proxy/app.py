@@ -31,12 +31,15 @@ import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from sidecar.capture import Capture
 from sidecar.config import ProxySettings
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
+from sidecar.telemetry.tracing import PROPAGATOR, ids_of
 
 #: RFC 9110 §7.6.1 and RFC 9112: meaningful for one connection only
 HOP_BY_HOP = frozenset(
@@ -168,11 +171,17 @@ class _Mirrored:
     request_id: str
     partition: int
     deadline: float
+    tracer: trace.Tracer
+    trace_id: str | None = None
 
     async def record(self, kind: RecordKind, content: dict[str, Any]) -> None:
         remaining = self.deadline - asyncio.get_running_loop().time()
-        record = MirrorRecord(self.partition, kind, self.request_id, content, route=self.route)
-        await self.capture.record(record, wait_s=remaining)
+        record = MirrorRecord(
+            self.partition, kind, self.request_id, content, self.route, self.trace_id
+        )
+        with self.tracer.start_as_current_span(f"capture {kind.value}") as span:
+            committed = await self.capture.record(record, wait_s=remaining)
+            span.set_attribute("ledger_sidecar.capture.committed", committed)
 
 
 class Proxy:
@@ -183,6 +192,7 @@ class Proxy:
         routes: RouteTable | None = None,
         capture: Capture | None = None,
         metrics: ProxyMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
@@ -191,6 +201,7 @@ class Proxy:
         self.routes = routes
         self.capture = capture
         self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
         self.stats = ProxyStats()
         self.timeout = aiohttp.ClientTimeout(total=settings.legacy_timeout_s)
 
@@ -215,13 +226,27 @@ class Proxy:
         return web.json_response(body, status=200 if capturing else 503)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        matched = self.routes.match(request.method, request.path) if self.routes else None
+        route = matched.route.path if matched is not None else None
+        with self.tracer.start_as_current_span(
+            f"{request.method} {route}" if route else request.method,
+            context=PROPAGATOR.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route or ""},
+        ) as span:
+            return await self._forward(request, matched, span)
+
+    async def _forward(
+        self, request: web.Request, matched: MatchedRoute | None, span: trace.Span
+    ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.stats.requests += 1
-        matched = self.routes.match(request.method, request.path) if self.routes else None
         view = _Fields(matched, b"", request.headers) if matched is not None else None
         operation = matched.route.operation.value if matched is not None else UNMAPPED
+        trace_id, span_id = ids_of(span)
         outcome = "success"
+        status = 0
         try:
             try:
                 body = await request.read()
@@ -235,29 +260,34 @@ class Proxy:
             if matched is not None:
                 view = _Fields(matched, body, request.headers)
             forwarded = end_to_end(request.headers)
-            mirrored = await self._mirror_intent(request, forwarded, body, view)
+            mirrored = await self._mirror_intent(request, forwarded, body, view, trace_id, span_id)
             legacy_started = loop.time()
             try:
-                async with self.session.request(
-                    request.method,
-                    self.settings.legacy_url + request.rel_url.raw_path_qs,
-                    headers=forwarded,
-                    data=body if body else None,
-                    allow_redirects=False,
-                    timeout=self.timeout,
-                ) as upstream:
-                    answer = await upstream.read()
-                    status, headers = upstream.status, end_to_end(upstream.headers)
-                    length = upstream.headers.get("Content-Length")
+                with self.tracer.start_as_current_span(
+                    f"legacy {request.method}", kind=SpanKind.CLIENT
+                ) as client:
+                    PROPAGATOR.inject(forwarded)  # the legacy service joins the trace
+                    async with self.session.request(
+                        request.method,
+                        self.settings.legacy_url + request.rel_url.raw_path_qs,
+                        headers=forwarded,
+                        data=body if body else None,
+                        allow_redirects=False,
+                        timeout=self.timeout,
+                    ) as upstream:
+                        answer = await upstream.read()
+                        status, headers = upstream.status, end_to_end(upstream.headers)
+                        length = upstream.headers.get("Content-Length")
+                    client.set_attribute("http.response.status_code", status)
             except TimeoutError:
                 outcome = "legacy_timeout"
-                self._legacy_call(operation, "timeout", loop.time() - legacy_started)
+                self._legacy_call(operation, "timeout", loop.time() - legacy_started, trace_id)
                 return await self._legacy_failed(
                     mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
                 )
             except aiohttp.ClientError as exc:
                 outcome = "legacy_unreachable"
-                self._legacy_call(operation, "unreachable", loop.time() - legacy_started)
+                self._legacy_call(operation, "unreachable", loop.time() - legacy_started, trace_id)
                 return await self._legacy_failed(
                     mirrored,
                     502,
@@ -265,7 +295,7 @@ class Proxy:
                     f"the legacy service cannot be reached: {exc}",
                 )
             outcome = outcome_of_status(status)
-            self._legacy_call(operation, outcome, loop.time() - legacy_started)
+            self._legacy_call(operation, outcome, loop.time() - legacy_started, trace_id)
             response = web.Response(status=status, headers=headers, body=answer)
             if "Content-Type" not in headers:
                 del response.headers["Content-Type"]  # none was sent: invent none
@@ -285,13 +315,21 @@ class Proxy:
             outcome = "server_error"  # aiohttp answers 500 (or the request was cancelled)
             raise
         finally:
+            span.set_attribute("ledger_sidecar.operation", operation)
+            span.set_attribute("ledger_sidecar.outcome", outcome)
+            if status:
+                span.set_attribute("http.response.status_code", status)
+            if outcome not in ("success", "client_error"):
+                span.set_status(trace.StatusCode.ERROR, outcome)
             if self.metrics is not None:
                 account = view.first(ACCOUNT_FIELDS) if view is not None else None
-                self.metrics.request(operation, outcome, account, loop.time() - started)
+                self.metrics.request(operation, outcome, account, loop.time() - started, trace_id)
 
-    def _legacy_call(self, operation: str, outcome: str, seconds: float) -> None:
+    def _legacy_call(
+        self, operation: str, outcome: str, seconds: float, trace_id: str | None
+    ) -> None:
         if self.metrics is not None:
-            self.metrics.legacy_call(operation, outcome, seconds)
+            self.metrics.legacy_call(operation, outcome, seconds, trace_id)
 
     async def _mirror_intent(
         self,
@@ -299,6 +337,8 @@ class Proxy:
         forwarded: CIMultiDict[str],
         body: bytes,
         view: _Fields | None,
+        trace_id: str | None,
+        span_id: str | None,
     ) -> _Mirrored | None:
         """In shadow mode, record a mapped request before it is forwarded; count the rest."""
         if self.settings.mode != "shadow" or self.capture is None:
@@ -313,10 +353,14 @@ class Proxy:
             uuid.uuid4().hex,
             partition_of(view.partition_key(), self.settings.partitions),
             asyncio.get_running_loop().time() + self.capture.wait_s_max,
+            self.tracer,
+            trace_id,
         )
         await mirrored.record(
             RecordKind.INTENT,
             {
+                # the request's server span: the shadow worker's spans join its trace
+                **({"span_id": span_id} if span_id else {}),
                 "method": request.method,
                 "path": request.path,
                 "query": [[k, v] for k, v in request.query.items()],

@@ -1,0 +1,132 @@
+"""Traces: one per customer request, exported over OTLP, configured only by OTEL_* variables.
+
+The span tree of a mirrored request (tests/integration/test_tracing.py):
+
+    {METHOD} {route template}      SERVER   the customer's request, in the proxy
+    ├── capture intent             INTERNAL the intent's durable commit
+    ├── legacy {METHOD}            CLIENT   the call to the legacy service (traceparent sent)
+    ├── capture outcome            INTERNAL the outcome's durable commit
+    ├── apply                      INTERNAL later, in the shadow worker: the ledger's side
+    └── compare                    INTERNAL later: the two results compared
+
+``apply`` and ``compare`` run in the shadow worker, often in another process, after the
+customer was answered; they are children of the request's server span (its trace and span id
+travel with the mirror record), so the whole story is one trace. Spans carry the route
+template, method, status, operation and outcome: never amounts, bodies, SQL parameters or
+account ids.
+
+Configuration, read once by the command from its environment: ``OTEL_SDK_DISABLED=true`` turns
+tracing off (no exporter, no noise); ``OTEL_SERVICE_NAME`` (default ``ledger-sidecar``),
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``/``_ARG`` as the SDK reads them;
+``OTEL_TRACES_EXPORTER`` (``otlp``, ``console`` or ``none``); ``OTEL_EXPORTER_OTLP_PROTOCOL``
+(``grpc`` or ``http/protobuf``, the default) and the ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``.
+Spans are exported over OTLP only when an endpoint is set: without one, trace ids still reach
+logs and exemplars, and nothing tries a collector that is not there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar import __version__
+from sidecar.errors import ConfigError
+
+SERVICE_NAME = "ledger-sidecar"
+INSTRUMENTATION = "ledger_sidecar"
+PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def provider_from_environ(environ: Mapping[str, str]) -> TracerProvider | None:
+    """The process's tracer provider as the OTEL_* variables say; None when disabled."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    given = dict(
+        pair.split("=", 1)
+        for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")
+        if "=" in pair
+    )
+    attributes = {
+        **{k.strip(): v.strip() for k, v in given.items()},
+        "service.name": environ.get("OTEL_SERVICE_NAME")
+        or given.get("service.name", "").strip()
+        or SERVICE_NAME,
+        "service.version": __version__,
+    }
+    provider = TracerProvider(resource=Resource.create(attributes))
+    exporter = _exporter(environ)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
+    kind = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter()
+    if kind != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: otlp, console or none, got {kind!r}")
+    if not (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        return None
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    if protocol in ("http/protobuf", "http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
+    raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf, got {protocol!r}")
+
+
+def tracer_of(provider: trace.TracerProvider | None) -> trace.Tracer:
+    if provider is None:
+        return trace.NoOpTracer()
+    return provider.get_tracer(INSTRUMENTATION, __version__)
+
+
+def ids_of(span: Span) -> tuple[str | None, str | None]:
+    """The span's trace and span id in hex, or None for a span that records nothing."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None, None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def remote_parent(trace_id: str | None, span_id: str | None) -> Context | None:
+    """A context whose parent is the span a mirror record names (the request's server span)."""
+    if not trace_id or not span_id:
+        return None
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    if not context.is_valid:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(context))
