@@ -88,6 +88,7 @@ class ShadowWorker:
                 settings.proxy.partitions,
                 shadow_metrics,
                 self.tracer,
+                settings.telemetry.sensitive_fields,
             )
             await self.applier.start()
             stack.push_async_callback(self.applier.stop)

@@ -53,6 +53,7 @@ from sidecar.domain.comparison import (
     SideStatus,
     compare,
     legacy_decimal,
+    redacted,
 )
 from sidecar.domain.ledger import (
     Account,
@@ -72,6 +73,7 @@ from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
 from sidecar.domain.shadow import (
     ComparisonRecord,
+    Overlap,
     Pending,
     Span,
     body_of,
@@ -177,8 +179,11 @@ class Applier:
         partitions: int,
         metrics: ShadowMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        sensitive_fields: Iterable[str] = (),
     ) -> None:
         self.stream = stream
+        #: fields whose values never reach a stored comparison or a log line
+        self.sensitive = frozenset(sensitive_fields)
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()
         self.store = store
@@ -197,7 +202,8 @@ class Applier:
         self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
         self._pending: OrderedDict[str, MirrorEvent] = OrderedDict()  # intents awaiting outcome
         self._held: dict[str, MirrorEvent] = {}  # intents of answered exchanges held back
-        self._recent: dict[str, deque[tuple[Span, int]]] = {}  # account -> (span, effect)
+        #: account -> (span, overlap) of recently applied exchanges
+        self._recent: dict[str, deque[tuple[Span, Overlap]]] = {}
         self._touched: dict[str, deque[Span]] = {}  # account -> spans of requests moving it
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
@@ -303,7 +309,7 @@ class Applier:
                 continue
             for account, effect in effects(request).items():
                 recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
-                recent.append((item.span, effect))
+                recent.append((item.span, Overlap(effect, legacy_accepted=True)))
 
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
@@ -771,7 +777,7 @@ class Applier:
                 if route
                 else "unknown"
             ),
-            comparison=comparison,
+            comparison=redacted(comparison, self.sensitive) if self.sensitive else comparison,
             account_id=account,
             ledger_seq=_seq_of(item.result),
             trace_id=item.outcome.record.trace_id
@@ -781,17 +787,21 @@ class Applier:
 
     def _overlapping(
         self, item: _Item, ordered: Sequence[_Item], index: int, account: str
-    ) -> tuple[list[int], list[int]]:
-        """Balance effects on ``account`` of exchanges overlapping ``item``: those the ledger
-        applied before it and those it applies after (or whose answer is still to come)."""
+    ) -> tuple[list[Overlap], list[Overlap]]:
+        """Exchanges overlapping ``item`` that moved ``account``: those the ledger applied
+        before it and those it applies after (or whose answer is still to come), each with
+        its effect and legacy's answer where known."""
         span = item.span
-        before = [e for s, e in self._recent.get(account, ()) if s.overlaps(span)]
-        after: list[int] = []
+        before = [o for s, o in self._recent.get(account, ()) if s.overlaps(span)]
+        after: list[Overlap] = []
         for other_index, other in enumerate(ordered):
             if other is item or not other.span.overlaps(span):
                 continue
-            effect = _applied_effect(other).get(account, 0)
-            (before if other_index < index else after).append(effect)
+            overlap = Overlap(
+                _applied_effect(other).get(account, 0),
+                other.legacy_status is SideStatus.ACCEPTED,
+            )
+            (before if other_index < index else after).append(overlap)
         for intent in reversed(self._unapplied()):
             if intent.seq >= span.outcome_seq:
                 continue
@@ -800,7 +810,7 @@ class Applier:
             request = self._translate_intent(intent)
             effect = effects(request).get(account, 0)
             if effect:
-                after.append(effect)
+                after.append(Overlap(effect))  # not answered yet
         return before, after
 
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
@@ -842,11 +852,12 @@ class Applier:
         for item in ordered:
             self._touch(item.span, item.request)
         for item in ordered:
+            accepted = item.legacy_status is SideStatus.ACCEPTED
             for account, effect in _applied_effect(item).items():
                 recent = self._recent.get(account)
                 if recent is None:
                     recent = self._recent[account] = deque(maxlen=RECENT_PER_ACCOUNT)
-                recent.append((item.span, effect))
+                recent.append((item.span, Overlap(effect, accepted)))
         if len(self._recent) > PENDING_INTENTS_MAX:
             self._recent.clear()
 

@@ -102,12 +102,12 @@ class Capture:
         done = asyncio.get_running_loop().create_future() if self.durable else None
         item = _Item(record, done)
         if self._task is None:
-            self.stats.dropped["stopped"] += 1
+            self._drop(record, "stopped")
             return False
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.stats.dropped["queue_full"] += 1
+            self._drop(record, "queue_full")
             return False
         if done is None:
             return True
@@ -177,6 +177,20 @@ class Capture:
         for item in live:
             self._settle(item, False, "store_error")
 
+    def _drop(self, record: MirrorRecord, reason: str) -> None:
+        self.stats.dropped[reason] += 1
+        log.warning(
+            "capture dropped a record",
+            extra={
+                "event": "capture_dropped",
+                "reason": reason,
+                "kind": record.kind.value,
+                "request_id": record.request_id,
+                "route": record.route,
+                "trace_id": record.trace_id,
+            },
+        )
+
     def _settle(self, item: _Item, committed: bool, reason: str | None) -> None:
         if item.settled:
             return
@@ -186,6 +200,6 @@ class Capture:
             if item.abandoned:
                 self.stats.late += 1  # written, after its caller stopped waiting
         else:
-            self.stats.dropped[reason or "store_error"] += 1
+            self._drop(item.record, reason or "store_error")
         if item.done is not None and not item.done.done():
             item.done.set_result(committed)

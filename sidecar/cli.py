@@ -22,6 +22,7 @@ from sidecar import __version__, config, runtime
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
+from sidecar.telemetry.logs import configure_logging
 from sidecar.telemetry.tracing import provider_from_environ, tracer_of
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -593,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the shadow applier in this process instead of its own",
     )
-    p.set_defaults(handler=_serve)
+    p.set_defaults(handler=_serve, service=True)
 
     p = groups.add_parser(
         "apply", help="run the shadow applier and in-doubt resolver alone (serve starts it)"
@@ -604,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="serve /metrics here (default: telemetry.applier_metrics_port)",
     )
-    p.set_defaults(handler=_apply)
+    p.set_defaults(handler=_apply, service=True)
 
     p = groups.add_parser(
         "demo",
@@ -709,7 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    # JSON lines: on standard output for the services (for a log shipper), on standard error
+    # for the commands whose standard output is their report
+    configure_logging(
+        settings.log_level,
+        sys.stdout if getattr(args, "service", False) else sys.stderr,
+        sensitive=settings.telemetry.sensitive_fields,
+    )
     handler: Handler = args.handler
     try:
         runtime.tune_gc()

@@ -355,7 +355,7 @@ async def run_shadow_demo(
 
     db = settings.database
     # one line per divergence is for log pipelines; the demo ends with the table instead
-    for name in ("sidecar.applier", "sidecar.in_doubt"):
+    for name in ("sidecar.applier", "sidecar.in_doubt", "sidecar.requests"):
         logging.getLogger(name).setLevel(logging.ERROR)
     await drop_schema(db, db.schema)
     # the demo legacy service answers within 200 ms, latency spikes included: a request with

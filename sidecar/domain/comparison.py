@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Context, Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 from typing import Any
@@ -285,3 +285,22 @@ def _finish(differences: list[Difference]) -> Comparison:
         if d.currency and d.at_risk_minor:
             at_risk[d.currency] = at_risk.get(d.currency, 0) + d.at_risk_minor
     return Comparison(Outcome.MISMATCH, tuple(differences), at_risk)
+
+
+REDACTED = "[redacted]"
+
+
+def redacted(comparison: Comparison, sensitive: frozenset[str]) -> Comparison:
+    """The comparison with the values of ``sensitive`` fields replaced (their kinds, and so
+    the verdict, stay): what is stored and logged never holds them."""
+    if not any(d.field in sensitive for d in comparison.differences):
+        return comparison
+    return replace(
+        comparison,
+        differences=tuple(
+            replace(d, legacy=REDACTED, ledger=REDACTED, legacy_minor=None)
+            if d.field in sensitive
+            else d
+            for d in comparison.differences
+        ),
+    )

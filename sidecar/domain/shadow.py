@@ -277,34 +277,54 @@ def credit_account(request: LedgerRequest | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """An exchange overlapping the one being compared, as order explanations need it: its
+    effect on the account's balance in the ledger (or requested, if not applied yet), and
+    whether legacy accepted it (None: not known yet)."""
+
+    effect: int
+    legacy_accepted: bool | None = None
+
+
 def explained_by_order(
     comparison: Comparison,
-    before: Iterable[int],
-    after: Iterable[int],
+    before: Iterable[int | Overlap],
+    after: Iterable[int | Overlap],
 ) -> bool:
     """Whether another order of overlapping exchanges on the account explains ``comparison``.
 
-    ``before`` holds the balance effects of overlapping exchanges the ledger applied before
-    this one, ``after`` those it applies after (or has not yet applied). The legacy service
-    may have taken any of them on the other side of this one.
+    ``before`` holds the overlapping exchanges the ledger applied before this one, ``after``
+    those it applies after (or has not yet applied); a bare int is an effect whose legacy
+    answer is unknown. The legacy service may have taken any of them on the other side of
+    this one, but only in a way its own answers allow: a refusal is explained by a debit
+    legacy refused (or has not answered), never by one both sides accepted, since then legacy
+    would have had enough for both, and the ledger, starting from the same balance, too.
     """
     if comparison.outcome is not Outcome.MISMATCH or len(comparison.differences) != 1:
         return False
     difference = comparison.differences[0]
-    moved_before, moved_after = [d for d in before if d], [d for d in after if d]
+    before_ = [o if isinstance(o, Overlap) else Overlap(o) for o in before]
+    after_ = [o if isinstance(o, Overlap) else Overlap(o) for o in after]
     if difference.kind is DivergenceKind.STATUS:
         if "rejected" not in (difference.legacy, difference.ledger):
             return False
-        if difference.ledger == "rejected":  # the ledger had too little; more was possible
-            return any(d > 0 for d in moved_after) or any(d < 0 for d in moved_before)
-        return any(d < 0 for d in moved_after) or any(d > 0 for d in moved_before)
+        if difference.ledger == "rejected":  # the ledger had too little; legacy had more
+            return any(o.effect > 0 and o.legacy_accepted is not False for o in after_) or any(
+                o.effect < 0 and o.legacy_accepted is not True for o in before_
+            )
+        # legacy had too little: it took a credit later, or a debit first it has not answered
+        return any(o.effect > 0 and o.legacy_accepted is not False for o in before_) or any(
+            o.effect < 0 and o.legacy_accepted is None for o in after_
+        )
     if difference.kind is DivergenceKind.BALANCE:
         gap = _gap(difference)
         if gap is None or gap == 0:
             return False
         # legacy saw an "after" one the ledger had not applied (+d), or had not yet seen a
         # "before" one the ledger had (-d)
-        candidates = [-d for d in moved_before] + list(moved_after)
+        candidates = [-o.effect for o in before_ if o.effect]
+        candidates += [o.effect for o in after_ if o.effect]
         candidates = candidates[-ORDER_CANDIDATES_MAX:]
         for size in range(1, len(candidates) + 1):
             for subset in combinations(candidates, size):
@@ -410,6 +430,7 @@ def plain(value: Any) -> Any:
 
 __all__ = [
     "ComparisonRecord",
+    "Overlap",
     "Pending",
     "Span",
     "body_of",

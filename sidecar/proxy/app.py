@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import uuid
 import zlib
 from collections import Counter
@@ -58,6 +59,8 @@ HOP_BY_HOP = frozenset(
 #: recomputed by the HTTP library for the body it sends
 FRAMING = frozenset({"content-length", "host"})
 SIDECAR_PREFIX = "/_sidecar/"
+#: one ``request_completed`` line per customer request (sidecar.telemetry.logs)
+requests_log = logging.getLogger("sidecar.requests")
 PARTITION_FIELDS = ("debit", "account", "reverses", "key")
 #: the fields that name the account a request is about (its tier, its log lines)
 ACCOUNT_FIELDS = ("debit", "account")
@@ -247,6 +250,7 @@ class Proxy:
         trace_id, span_id = ids_of(span)
         outcome = "success"
         status = 0
+        legacy_seconds: float | None = None
         try:
             try:
                 body = await request.read()
@@ -281,13 +285,15 @@ class Proxy:
                     client.set_attribute("http.response.status_code", status)
             except TimeoutError:
                 outcome = "legacy_timeout"
-                self._legacy_call(operation, "timeout", loop.time() - legacy_started, trace_id)
+                legacy_seconds = loop.time() - legacy_started
+                self._legacy_call(operation, "timeout", legacy_seconds, trace_id)
                 return await self._legacy_failed(
                     mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
                 )
             except aiohttp.ClientError as exc:
                 outcome = "legacy_unreachable"
-                self._legacy_call(operation, "unreachable", loop.time() - legacy_started, trace_id)
+                legacy_seconds = loop.time() - legacy_started
+                self._legacy_call(operation, "unreachable", legacy_seconds, trace_id)
                 return await self._legacy_failed(
                     mirrored,
                     502,
@@ -295,7 +301,8 @@ class Proxy:
                     f"the legacy service cannot be reached: {exc}",
                 )
             outcome = outcome_of_status(status)
-            self._legacy_call(operation, outcome, loop.time() - legacy_started, trace_id)
+            legacy_seconds = loop.time() - legacy_started
+            self._legacy_call(operation, outcome, legacy_seconds, trace_id)
             response = web.Response(status=status, headers=headers, body=answer)
             if "Content-Type" not in headers:
                 del response.headers["Content-Type"]  # none was sent: invent none
@@ -321,9 +328,34 @@ class Proxy:
                 span.set_attribute("http.response.status_code", status)
             if outcome not in ("success", "client_error"):
                 span.set_status(trace.StatusCode.ERROR, outcome)
+            seconds = loop.time() - started
+            account = view.first(ACCOUNT_FIELDS) if view is not None else None
             if self.metrics is not None:
-                account = view.first(ACCOUNT_FIELDS) if view is not None else None
-                self.metrics.request(operation, outcome, account, loop.time() - started, trace_id)
+                self.metrics.request(operation, outcome, account, seconds, trace_id)
+            if requests_log.isEnabledFor(logging.INFO):
+                requests_log.info(
+                    "request completed",
+                    extra={
+                        "event": "request_completed",
+                        "operation": operation,
+                        "outcome": outcome,
+                        "mode": self.settings.mode,
+                        "method": request.method,
+                        "route": matched.route.path if matched is not None else None,
+                        "status": status or None,
+                        "account_id": account,
+                        "account_tier": (
+                            self.metrics.accounts.tier(account) if self.metrics else None
+                        ),
+                        "latency_seconds": round(seconds, 6),
+                        "legacy_latency_seconds": (
+                            round(legacy_seconds, 6) if legacy_seconds is not None else None
+                        ),
+                        "ledger_latency_seconds": None,  # not on the customer path in shadow
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                    },
+                )
 
     def _legacy_call(
         self, operation: str, outcome: str, seconds: float, trace_id: str | None

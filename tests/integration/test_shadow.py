@@ -114,7 +114,11 @@ async def test_every_injected_fault_kind_is_detected_and_classified(
         stack.legacy.rates = FaultRates(
             rounding=0.03, dropped=0.03, wrong_balance=0.05, server_error=0.03
         )
-        await traffic(stack, 3.0)
+        kinds = {"rounding", "dropped", "wrong_balance", "server_error"}
+        for seed in range(3, 9):  # until every kind was injected (a slow machine sends less)
+            await traffic(stack, 1.5, seed=seed)
+            if kinds <= {f.kind for f in stack.legacy.state.faults}:
+                break
         stack.legacy.rates = FaultRates()
         await stack.read_every_balance()
         await stack.settle()
@@ -124,14 +128,18 @@ async def test_every_injected_fault_kind_is_detected_and_classified(
     kinds_by_account: dict[str, set[str]] = {}
     for d in divergences:
         kinds_by_account.setdefault(d["account_id"], set()).update(d["kinds"])
-    seen = {f.kind for f in faults}
-    assert {"rounding", "dropped", "wrong_balance", "server_error"} <= seen
+    assert kinds <= {f.kind for f in faults}
     for fault in faults:
         found = set().union(*(kinds_by_account.get(a, set()) for a in fault.accounts))
         if fault.kind == "rounding":
             assert "amount" in found, fault
-        elif fault.kind in ("dropped", "wrong_balance"):
+        elif fault.kind == "wrong_balance":
             assert "balance" in found, fault
+        elif fault.kind == "dropped":
+            # a balance read shows it; or, before any read, a later movement the ledger had
+            # no money left for, or a refund of the payment legacy never posted: legacy
+            # accepts (refuses) what the ledger refuses (makes), which no order explains
+            assert found & {"balance", "status"}, fault
     assert counts.by_outcome["legacy_error"] == sum(f.kind == "server_error" for f in faults)
 
 

@@ -19,6 +19,7 @@ from sidecar.domain.mirror import MirrorRecord, RecordKind
 from sidecar.domain.money import Currency
 from sidecar.domain.outcome import AccountOutcome, PostedLeg, TransferOutcome, TransferStatus
 from sidecar.domain.shadow import (
+    Overlap,
     Pending,
     Span,
     body_of,
@@ -188,6 +189,31 @@ def test_a_balance_off_by_an_overlapping_payment_is_order_dependent() -> None:
 def test_a_balance_no_order_explains_is_not_order_dependent() -> None:
     assert not explained_by_order(balance_gap(1001, 700), before=[-300], after=[])
     assert not explained_by_order(balance_gap(1000, 700), before=[], after=[])
+
+
+def test_a_refusal_after_a_debit_both_sides_accepted_is_not_order_dependent() -> None:
+    # legacy accepted both debits, the ledger refused the second: whichever went first,
+    # legacy claims more money moved than the account had (a dropped posting hides so)
+    status = Comparison(
+        Outcome.MISMATCH,
+        (Difference("status", DivergenceKind.STATUS, "accepted", "rejected", "EUR", 100),),
+        {"EUR": 100},
+    )
+    both = Overlap(-500, legacy_accepted=True)
+    assert not explained_by_order(status, before=[both], after=[])
+    # a true swap: legacy refused the debit the ledger took first
+    assert explained_by_order(status, before=[Overlap(-500, legacy_accepted=False)], after=[])
+    # legacy accepted what the ledger refused after a credit legacy refused: no money came
+    assert not explained_by_order(status, before=[], after=[Overlap(200, legacy_accepted=False)])
+    refused = Comparison(
+        Outcome.MISMATCH,
+        (Difference("status", DivergenceKind.STATUS, "rejected", "accepted", "EUR", 100),),
+        {"EUR": 100},
+    )
+    # legacy refused what the ledger accepted before a debit both accepted: not an order
+    assert not explained_by_order(refused, before=[], after=[Overlap(-500, legacy_accepted=True)])
+    assert explained_by_order(refused, before=[], after=[Overlap(-500)])  # not answered yet
+    assert explained_by_order(refused, before=[Overlap(300, legacy_accepted=True)], after=[])
 
 
 def test_a_refusal_is_order_dependent_only_if_an_overlapping_movement_could_flip_it() -> None:
