@@ -31,12 +31,16 @@ from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import migrate
 from sidecar.db.mirror_store import PostgresMirrorLog, save_capture_counts
+from sidecar.db.slo_store import save_thresholds
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
+from sidecar.slo_file import load_slo_file
 from sidecar.telemetry.endpoint import METRICS_PATH, WorkerScrape, metrics_handler
 from sidecar.telemetry.metrics import (
+    FRESHNESS_SLO_S,
+    LATENCY_SLO_S,
     AccountLabels,
     ProxyMetrics,
     Registry,
@@ -68,7 +72,10 @@ class ShadowWorker:
     async def start(self) -> None:
         settings = self.settings
         stack = self._stack
-        shadow_metrics = ShadowMetrics(self.metrics)
+        slos = load_slo_file(settings.telemetry.slo_file)
+        shadow_metrics = ShadowMetrics(
+            self.metrics, slos.threshold("shadow_freshness", FRESHNESS_SLO_S)
+        )
         if settings.proxy.mapping is None:
             raise ConfigError("proxy.mapping: the shadow applier needs a mapping file")
         try:
@@ -78,6 +85,9 @@ class ShadowWorker:
             pool = await create_pool(settings.database)
             stack.push_async_callback(pool.close)
             self.metrics.pools["applier"] = pool
+            await save_thresholds(
+                pool, {s.name: s.threshold_s for s in slos.slos if s.threshold_s is not None}
+            )
             stream = PostgresMirrorLog(pool)
             self.applier = Applier(
                 stream,
@@ -92,7 +102,7 @@ class ShadowWorker:
             )
             await self.applier.start()
             stack.push_async_callback(self.applier.stop)
-            self.sampler = HealthSampler(pool, shadow_metrics, self.applier)
+            self.sampler = HealthSampler(pool, shadow_metrics, self.applier, slos)
             self.sampler.start()
             stack.push_async_callback(self.sampler.stop)
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
@@ -125,6 +135,7 @@ class CountsSaver:
         self._sidecar = sidecar
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._started_at = datetime.now(UTC)
+        self._saved: dict[str, tuple[int, int]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -151,7 +162,19 @@ class CountsSaver:
             "late": stats.late,
             "dropped": dict(stats.dropped),
         }
-        await save_capture_counts(self._pool, self._instance, self._started_at, counts)
+        # the SLO events: (bad, total) running totals, saved as deltas since the last save
+        totals = {
+            "availability": (proxy.stats.errors, proxy.stats.requests),
+            "latency": (proxy.stats.slow, proxy.stats.requests),
+            "shadow_completeness": (stats.dropped_intents, proxy.stats.mapped),
+        }
+        deltas = {}
+        for name, (bad, total) in totals.items():
+            was_bad, was_total = self._saved.get(name, (0, 0))
+            new_total, new_bad = total - was_total, bad - was_bad
+            deltas[name] = (max(0, new_total - new_bad), new_total)
+        await save_capture_counts(self._pool, self._instance, self._started_at, counts, deltas)
+        self._saved = totals  # only once written: a failed save is carried to the next
 
     async def _run(self) -> None:
         while True:
@@ -201,8 +224,14 @@ class Sidecar:
             routes = None
             if settings.proxy.mapping:
                 routes = load_route_table(settings.proxy.mapping)
+            latency_slo_s = load_slo_file(settings.telemetry.slo_file).threshold(
+                "latency", LATENCY_SLO_S
+            )
             proxy_metrics = ProxyMetrics(
-                self.metrics, AccountLabels(settings.telemetry), settings.proxy.mode
+                self.metrics,
+                AccountLabels(settings.telemetry),
+                settings.proxy.mode,
+                latency_slo_s,
             )
             # 2. database: migrations, a pool, and capture through the mirror stream
             capture = None

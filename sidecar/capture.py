@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sidecar.config import CaptureSettings
-from sidecar.domain.mirror import MirrorRecord
+from sidecar.domain.mirror import MirrorRecord, RecordKind
 from sidecar.errors import SidecarError
 from sidecar.ports import MirrorLog
 
@@ -39,6 +39,8 @@ class CaptureStats:
     late: int = 0
     appends: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    #: of the dropped, intents: requests missing from the stream altogether
+    dropped_intents: int = 0
 
 
 @dataclass(slots=True)
@@ -179,6 +181,8 @@ class Capture:
 
     def _drop(self, record: MirrorRecord, reason: str) -> None:
         self.stats.dropped[reason] += 1
+        if record.kind is RecordKind.INTENT:
+            self.stats.dropped_intents += 1
         log.warning(
             "capture dropped a record",
             extra={

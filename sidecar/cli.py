@@ -545,6 +545,65 @@ async def _apply(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _slo(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from sidecar.db.connect import create_pool
+    from sidecar.db.migrate import migrate
+    from sidecar.db.slo_store import slo_sums
+    from sidecar.slo_file import load_slo_file
+
+    slos = load_slo_file(settings.telemetry.slo_file)
+    days = args.window_days or slos.window_days
+    await migrate(settings.database)
+    pool = await create_pool(replace(settings.database, pool_connections_min=1))
+    try:
+        sums = await slo_sums(pool, datetime.now(UTC) - timedelta(days=days))
+    finally:
+        await pool.close()
+    attained = slos.attainments(sums)
+    rows: list[dict[str, Any]] = [
+        {
+            "slo": a.slo.name,
+            "objective": a.slo.objective,
+            "window_days": days,
+            "good": a.good,
+            "total": a.total,
+            "attainment": a.ratio,
+            "error_budget_remaining": a.budget_left,
+            "met": a.met,
+        }
+        for a in attained
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.3f} %"
+
+    print(
+        table(
+            ["SLO", "objective", "good / total", "attained", "budget left", "met"],
+            [
+                [
+                    a.slo.name,
+                    percent(a.slo.objective),
+                    f"{a.good:,} / {a.total:,}",
+                    percent(a.ratio),
+                    percent(a.budget_left),
+                    {True: "yes", False: "NO", None: "no events"}[a.met],
+                ]
+                for a in attained
+            ],
+        )
+    )
+    print(
+        f"\nover the last {days} days, from the durable counts in schema {settings.database.schema}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger-sidecar",
@@ -606,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics here (default: telemetry.applier_metrics_port)",
     )
     p.set_defaults(handler=_apply, service=True)
+
+    p = groups.add_parser(
+        "slo", help="SLO attainment and error budgets left, from the durable counts"
+    )
+    p.add_argument("--window-days", type=int, help="default: the SLO file's window")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_slo)
 
     p = groups.add_parser(
         "demo",

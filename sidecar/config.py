@@ -142,6 +142,8 @@ class TelemetrySettings:
     #: ``serve`` gives the applier it starts, then serves both on its own /metrics)
     applier_metrics_port: int = 9466
     applier_metrics_host: str = "127.0.0.1"
+    #: the SLO file (default: the packaged sidecar/slo.toml), shared with the alert generator
+    slo_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "sensitive_fields": lambda k, v: _names(k, v),
         "applier_metrics_port": lambda k, v: _port(k, v),
         "applier_metrics_host": lambda k, v: _text(k, v),
+        "slo_file": lambda k, v: _text(k, v),
     },
 }
 

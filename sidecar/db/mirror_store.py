@@ -6,13 +6,14 @@ one commit for a whole group of records, however many requests they came from.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
 from sidecar.db.connect import pooled
+from sidecar.db.slo_store import add_counts
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
 
 APPEND = (
@@ -63,10 +64,17 @@ ON CONFLICT (instance) DO UPDATE SET
 
 
 async def save_capture_counts(
-    pool: asyncpg.Pool, instance: str, started_at: Any, counts: dict[str, Any]
+    pool: asyncpg.Pool,
+    instance: str,
+    started_at: Any,
+    counts: dict[str, Any],
+    slo_deltas: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
-    """One instance's running totals (``capture_counts``, migration 0005)."""
-    async with pooled(pool) as conn:
+    """One instance's running totals (``capture_counts``, migration 0005) and, in the same
+    transaction, the SLO events since the last save (``slo_minutes``, migration 0007)."""
+    async with pooled(pool) as conn, conn.transaction():
+        if slo_deltas:
+            await add_counts(conn, slo_deltas)
         await conn.execute(
             SAVE_COUNTS,
             instance,

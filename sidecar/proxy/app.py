@@ -71,6 +71,10 @@ class ProxyStats:
     requests: int = 0
     mapped: int = 0
     unmapped: int = 0
+    #: answered with a server error, a timeout or an unreachable legacy (availability SLO)
+    errors: int = 0
+    #: answered slower than the latency SLO's threshold
+    slow: int = 0
     legacy_errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -196,6 +200,7 @@ class Proxy:
         capture: Capture | None = None,
         metrics: ProxyMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        latency_slo_s: float = 0.25,
     ) -> None:
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
@@ -205,6 +210,7 @@ class Proxy:
         self.capture = capture
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()
+        self.latency_slo_s = latency_slo_s
         self.stats = ProxyStats()
         self.timeout = aiohttp.ClientTimeout(total=settings.legacy_timeout_s)
 
@@ -329,6 +335,10 @@ class Proxy:
             if outcome not in ("success", "client_error"):
                 span.set_status(trace.StatusCode.ERROR, outcome)
             seconds = loop.time() - started
+            if outcome in ("server_error", "legacy_timeout", "legacy_unreachable"):
+                self.stats.errors += 1
+            if seconds > self.latency_slo_s:
+                self.stats.slow += 1
             account = view.first(ACCOUNT_FIELDS) if view is not None else None
             if self.metrics is not None:
                 self.metrics.request(operation, outcome, account, seconds, trace_id)

@@ -78,6 +78,11 @@ IN_DOUBT_RESOLUTIONS = ("looked_up", "not_processed", "read", "unresolvable")
 POOL_STATES = ("in_use", "idle", "max")
 
 
+def with_threshold(buckets: Sequence[float], threshold: float) -> tuple[float, ...]:
+    """The buckets with an SLO threshold among them, so its ratio is exact."""
+    return tuple(sorted({*buckets, threshold}))
+
+
 def outcome_of_status(status: int) -> str:
     if status >= 500:
         return "server_error"
@@ -157,22 +162,29 @@ def _exemplar(trace_id: str | None) -> dict[str, str] | None:
 class ProxyMetrics:
     """The customer path: requests, the legacy call, capture, the mode and the build."""
 
-    def __init__(self, metrics: Registry, accounts: AccountLabels, mode: str) -> None:
+    def __init__(
+        self,
+        metrics: Registry,
+        accounts: AccountLabels,
+        mode: str,
+        latency_slo_s: float = LATENCY_SLO_S,
+    ) -> None:
         registry = metrics.prometheus
         self.accounts = accounts
+        buckets = with_threshold(LATENCY_BUCKETS, latency_slo_s)
         self.mode = mode
         self.request_duration = Histogram(
             PREFIX + "request_duration_seconds",
             "Customer requests through the sidecar, from arrival to the answer sent.",
             ["operation", "outcome", "mode", "account_tier"],
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets,
             registry=registry,
         )
         self.watched_duration = Histogram(
             PREFIX + "watched_account_request_duration_seconds",
             "Customer requests of the accounts on the watch list, by the name it gives them.",
             ["watched_account", "operation"],
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets,
             registry=registry,
         )
         self.upstream_duration = metrics.upstream_duration()
@@ -222,7 +234,7 @@ class ProxyMetrics:
 class ShadowMetrics:
     """The shadow worker: comparisons, divergences, lag, the ledger's writes and health."""
 
-    def __init__(self, metrics: Registry) -> None:
+    def __init__(self, metrics: Registry, freshness_slo_s: float = FRESHNESS_SLO_S) -> None:
         registry = metrics.prometheus
         self.comparisons = Counter(
             PREFIX + "comparisons",
@@ -241,7 +253,7 @@ class ShadowMetrics:
             PREFIX + "shadow_lag_seconds",
             "From the legacy answer being recorded to its comparison committed.",
             ["operation"],
-            buckets=LAG_BUCKETS,
+            buckets=with_threshold(LAG_BUCKETS, freshness_slo_s),
             registry=registry,
         )
         self.upstream_duration = metrics.upstream_duration()
@@ -271,6 +283,19 @@ class ShadowMetrics:
         self.backlog = Gauge(
             PREFIX + "mirror_backlog_events",
             "Mirror stream records not yet applied and compared.",
+            registry=registry,
+        )
+        self.slo_attainment = Gauge(
+            PREFIX + "slo_attainment_ratio",
+            "Good events over all events in the SLO window, from the durable counts (NaN "
+            "before any event).",
+            ["slo"],
+            registry=registry,
+        )
+        self.slo_budget_left = Gauge(
+            PREFIX + "slo_error_budget_remaining_ratio",
+            "The share of the SLO window's error budget not spent (below 0: overspent).",
+            ["slo"],
             registry=registry,
         )
         self.trial_balance = Gauge(

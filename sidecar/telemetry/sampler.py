@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from math import nan
 
 import asyncpg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sidecar.applier import Applier
 from sidecar.db.connect import pooled
 from sidecar.db.ledger_audit import heads_and_trial_balance
+from sidecar.db.slo_store import slo_sums
+from sidecar.domain.slo import SloFile
 from sidecar.errors import SidecarError
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.telemetry.metrics import IN_DOUBT_RESOLUTIONS, PREFIX, ShadowMetrics
@@ -34,12 +38,17 @@ class HealthSampler:
         pool: asyncpg.Pool,
         metrics: ShadowMetrics,
         applier: Applier,
+        slos: SloFile | None = None,
         every_s: float = 5.0,
+        slo_every_s: float = 30.0,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._applier = applier
+        self.slos = slos
         self._every_s = every_s
+        self._slo_every_s = slo_every_s
+        self._slo_sampled_at = float("-inf")
         self._currencies: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +73,21 @@ class HealthSampler:
         self._currencies |= totals.keys()
         for currency in self._currencies:
             m.trial_balance.labels(currency).set(totals.get(currency, 0))
+        now = asyncio.get_running_loop().time()
+        if self.slos is not None and now - self._slo_sampled_at >= self._slo_every_s:
+            await self.sample_slos(self.slos)
+            self._slo_sampled_at = now
+
+    async def sample_slos(self, slos: SloFile | None) -> None:
+        """Attainment and budget left over the SLO window, from the durable counts."""
+        if slos is None:
+            return
+        since = datetime.now(UTC) - timedelta(days=slos.window_days)
+        for attained in slos.attainments(await slo_sums(self._pool, since)):
+            name = attained.slo.name
+            ratio, left = attained.ratio, attained.budget_left
+            self._metrics.slo_attainment.labels(name).set(nan if ratio is None else ratio)
+            self._metrics.slo_budget_left.labels(name).set(nan if left is None else left)
 
     async def _run(self) -> None:
         while True:
