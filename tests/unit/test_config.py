@@ -59,3 +59,20 @@ def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
     broken.write_text("[ledger\n")
     with pytest.raises(ConfigError, match=r"broken\.toml"):
         config.load(broken, {})
+
+
+def test_a_watch_list_over_twenty_or_more_than_eight_tiers_fails_at_start_up() -> None:
+    watched = {f"acc-{i}": f"ACC-{i:04d}" for i in range(21)}
+    with pytest.raises(ConfigError, match=r"telemetry\.watch_accounts: at most 20"):
+        config.from_dict({"telemetry": {"watch_accounts": watched}})
+    tiers = {f"tier-{i}": [f"T{i}-*"] for i in range(9)}
+    with pytest.raises(ConfigError, match=r"telemetry\.account_tiers: at most 8"):
+        config.from_dict({"telemetry": {"account_tiers": tiers}})
+    with pytest.raises(ConfigError, match=r"telemetry\.watch_accounts\.Treasury"):
+        config.from_dict({"telemetry": {"watch_accounts": {"Treasury": "ACC-1"}}})
+    with pytest.raises(ConfigError, match="watched under two names"):
+        config.from_dict({"telemetry": {"watch_accounts": {"a": "ACC-1", "b": "ACC-1"}}})
+    ok = config.from_dict(
+        {"telemetry": {"watch_accounts": {f"acc-{i}": f"ACC-{i}" for i in range(20)}}}
+    )
+    assert len(ok.telemetry.watch_accounts) == 20

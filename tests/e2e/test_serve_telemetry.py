@@ -1,0 +1,86 @@
+"""``ledger-sidecar serve`` as deployed: JSON lines on standard output, one request_completed
+per request, and OTEL_SDK_DISABLED=true quiet even with a collector address that answers
+nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from tests.e2e.test_cli import ROOT
+
+
+class Legacy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled() -> None:
+    legacy = HTTPServer(("127.0.0.1", 0), Legacy)
+    threading.Thread(target=legacy.serve_forever, daemon=True).start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEGACY_URL": f"http://127.0.0.1:{legacy.server_address[1]}",
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there
+    }
+    mapping = str(ROOT / "config" / "mappings" / "example-legacy.toml")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(port), "--mapping", mapping],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sidecar/health") as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        for n in range(3):
+            url = f"http://127.0.0.1:{port}/v1/accounts/ACC-{n}/balance"
+            with urllib.request.urlopen(url) as answer:
+                assert answer.status == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+        legacy.shutdown()
+        legacy.server_close()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(lines) == len(out.splitlines())  # every line of standard output is JSON
+    completed = [line for line in lines if line["event"] == "request_completed"]
+    assert [line["account_id"] for line in completed] == ["ACC-0", "ACC-1", "ACC-2"]
+    assert all(line["operation"] == "balance" and line["mode"] == "legacy" for line in completed)
+    assert completed[0]["trace_id"] is None  # tracing is off: no ids, and no noise
+    noise = [x for x in (out + err).splitlines() if "xport" in x or "Traceback" in x]
+    assert noise == []
