@@ -148,6 +148,10 @@ def test_tracing_is_configured_by_the_otel_variables_only() -> None:
     assert isinstance(_exporter(grpc), Grpc)
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         _exporter({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+    quiet = provider_from_environ({})  # no endpoint: ids without recording
+    assert quiet is not None
+    with quiet.get_tracer("t").start_as_current_span("s") as span:
+        assert span.get_span_context().is_valid and not span.is_recording()
     named = provider_from_environ({"OTEL_SERVICE_NAME": "shadow-eu"})
     assert named is not None and named.resource.attributes["service.name"] == "shadow-eu"
     plain = provider_from_environ({"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=eu"})
