@@ -164,8 +164,8 @@ class CountsSaver:
         }
         # the SLO events: (bad, total) running totals, saved as deltas since the last save
         totals = {
-            "availability": (proxy.stats.errors, proxy.stats.requests),
-            "latency": (proxy.stats.slow, proxy.stats.requests),
+            "availability": (proxy.stats.errors, proxy.stats.completed),
+            "latency": (proxy.stats.slow, proxy.stats.completed),
             "shadow_completeness": (stats.dropped_intents, proxy.stats.mapped),
         }
         deltas = {}
@@ -262,7 +262,15 @@ class Sidecar:
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
             # 4. the proxy, listening, with the metrics endpoint
-            self.proxy = Proxy(settings.proxy, session, routes, capture, proxy_metrics, self.tracer)
+            self.proxy = Proxy(
+                settings.proxy,
+                session,
+                routes,
+                capture,
+                proxy_metrics,
+                self.tracer,
+                latency_slo_s=latency_slo_s,
+            )
             worker = None
             if self.worker_metrics_url is not None:
                 # its own connection: a scrape never queues behind customers' legacy calls

@@ -124,6 +124,10 @@ WARM_EVENTS = 4000
 DEFAULT_RULES = {"rejection": CompareRule(CompareKind.EXACT)}
 
 
+#: the outcome seq of an exchange not answered yet: after everything
+UNANSWERED = 2**62
+
+
 @dataclass
 class ApplierStats:
     groups: int = 0
@@ -309,7 +313,8 @@ class Applier:
                 continue
             for account, effect in effects(request).items():
                 recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
-                recent.append((item.span, Overlap(effect, legacy_accepted=True)))
+                # whether the ledger made it is not known here: an explanation stays possible
+                recent.append((item.span, Overlap(effect)))
 
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
@@ -790,18 +795,24 @@ class Applier:
     ) -> tuple[list[Overlap], list[Overlap]]:
         """Exchanges overlapping ``item`` that moved ``account``: those the ledger applied
         before it and those it applies after (or whose answer is still to come), each with
-        its effect and legacy's answer where known."""
+        its effect, legacy's answer where known, and whether nothing else moved the account
+        while the two were in flight."""
         span = item.span
-        before = [o for s, o in self._recent.get(account, ()) if s.overlaps(span)]
-        after: list[Overlap] = []
+        before = [(s, o) for s, o in self._recent.get(account, ()) if s.overlaps(span)]
+        after: list[tuple[Span, Overlap]] = []
+        movers = [*self._touched.get(account, ()), *self._touched.get(ANY_ACCOUNT, ())]
         for other_index, other in enumerate(ordered):
-            if other is item or not other.span.overlaps(span):
+            if other is item:
+                continue
+            if isinstance(other.request, Reversal) or effects(other.request).get(account):
+                movers.append(other.span)
+            if not other.span.overlaps(span):
                 continue
             overlap = Overlap(
                 _applied_effect(other).get(account, 0),
                 other.legacy_status is SideStatus.ACCEPTED,
             )
-            (before if other_index < index else after).append(overlap)
+            (before if other_index < index else after).append((other.span, overlap))
         for intent in reversed(self._unapplied()):
             if intent.seq >= span.outcome_seq:
                 continue
@@ -810,8 +821,20 @@ class Applier:
             request = self._translate_intent(intent)
             effect = effects(request).get(account, 0)
             if effect:
-                after.append(Overlap(effect))  # not answered yet
-        return before, after
+                pending = Span(intent.seq, UNANSWERED)
+                movers.append(pending)
+                after.append((pending, Overlap(effect)))  # not answered yet
+
+        def alone(other: Span) -> bool:
+            window = Span(
+                min(span.intent_seq, other.intent_seq), max(span.outcome_seq, other.outcome_seq)
+            )
+            return not any(m not in (span, other) and m.overlaps(window) for m in movers)
+
+        return (
+            [replace(o, alone=alone(s)) for s, o in before],
+            [replace(o, alone=alone(s)) for s, o in after],
+        )
 
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
         """Remember that ``request`` asked to move money on its accounts during ``span``."""
@@ -906,12 +929,16 @@ class Applier:
         """Each compared request's ``apply`` and ``compare`` spans, children of its server
         span (whose ids its intent carries): its trace tells the whole story."""
         parents = {
-            i.request_id: i.intent.record.content.get("span_id")
+            i.request_id: (
+                i.intent.record.content.get("span_id"),
+                i.intent.record.content.get("sampled", True) is True,
+            )
             for i in ordered
             if i.intent is not None
         }
         for record in records:
-            parent = remote_parent(record.trace_id, parents.get(record.request_id))
+            span_id, sampled = parents.get(record.request_id, (None, False))
+            parent = remote_parent(record.trace_id, span_id, sampled)
             if parent is None:
                 continue
             attributes: dict[str, AttributeValue] = {

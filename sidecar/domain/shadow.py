@@ -285,6 +285,9 @@ class Overlap:
 
     effect: int
     legacy_accepted: bool | None = None
+    #: no other movement of the account overlaps the two exchanges: their relative order is
+    #: all that differs between the two sides (False: not known to be so)
+    alone: bool = False
 
 
 def explained_by_order(
@@ -297,9 +300,9 @@ def explained_by_order(
     ``before`` holds the overlapping exchanges the ledger applied before this one, ``after``
     those it applies after (or has not yet applied); a bare int is an effect whose legacy
     answer is unknown. The legacy service may have taken any of them on the other side of
-    this one, but only in a way its own answers allow: a refusal is explained by a debit
-    legacy refused (or has not answered), never by one both sides accepted, since then legacy
-    would have had enough for both, and the ledger, starting from the same balance, too.
+    this one, but only in a way its own answers allow: a refusal is not explained by a debit
+    both sides accepted when no other movement of the account overlaps the two, since legacy
+    would then have had enough for both, and the ledger, from the same balance, too.
     """
     if comparison.outcome is not Outcome.MISMATCH or len(comparison.differences) != 1:
         return False
@@ -311,11 +314,11 @@ def explained_by_order(
             return False
         if difference.ledger == "rejected":  # the ledger had too little; legacy had more
             return any(o.effect > 0 and o.legacy_accepted is not False for o in after_) or any(
-                o.effect < 0 and o.legacy_accepted is not True for o in before_
+                o.effect < 0 and not (o.legacy_accepted is True and o.alone) for o in before_
             )
-        # legacy had too little: it took a credit later, or a debit first it has not answered
+        # legacy had too little: it took a credit later, or a debit first
         return any(o.effect > 0 and o.legacy_accepted is not False for o in before_) or any(
-            o.effect < 0 and o.legacy_accepted is None for o in after_
+            o.effect < 0 and not (o.legacy_accepted is not None and o.alone) for o in after_
         )
     if difference.kind is DivergenceKind.BALANCE:
         gap = _gap(difference)

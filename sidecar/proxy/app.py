@@ -71,6 +71,8 @@ class ProxyStats:
     requests: int = 0
     mapped: int = 0
     unmapped: int = 0
+    #: answered (counted with errors and slow, so their ratios are never ahead of it)
+    completed: int = 0
     #: answered with a server error, a timeout or an unreachable legacy (availability SLO)
     errors: int = 0
     #: answered slower than the latency SLO's threshold
@@ -187,8 +189,12 @@ class _Mirrored:
             self.partition, kind, self.request_id, content, self.route, self.trace_id
         )
         with self.tracer.start_as_current_span(f"capture {kind.value}") as span:
-            committed = await self.capture.record(record, wait_s=remaining)
-            span.set_attribute("ledger_sidecar.capture.committed", committed)
+            ok = await self.capture.record(record, wait_s=remaining)
+            if self.capture.durable:  # not committed in time: written late, or dropped
+                result = "committed" if ok else "not_committed_in_time"
+            else:
+                result = "queued" if ok else "dropped"
+            span.set_attribute("ledger_sidecar.capture.result", result)
 
 
 class Proxy:
@@ -254,6 +260,7 @@ class Proxy:
         view = _Fields(matched, b"", request.headers) if matched is not None else None
         operation = matched.route.operation.value if matched is not None else UNMAPPED
         trace_id, span_id = ids_of(span)
+        sampled = span.get_span_context().trace_flags.sampled
         outcome = "success"
         status = 0
         legacy_seconds: float | None = None
@@ -270,7 +277,9 @@ class Proxy:
             if matched is not None:
                 view = _Fields(matched, body, request.headers)
             forwarded = end_to_end(request.headers)
-            mirrored = await self._mirror_intent(request, forwarded, body, view, trace_id, span_id)
+            mirrored = await self._mirror_intent(
+                request, forwarded, body, view, trace_id, span_id, sampled
+            )
             legacy_started = loop.time()
             try:
                 with self.tracer.start_as_current_span(
@@ -335,6 +344,7 @@ class Proxy:
             if outcome not in ("success", "client_error"):
                 span.set_status(trace.StatusCode.ERROR, outcome)
             seconds = loop.time() - started
+            self.stats.completed += 1
             if outcome in ("server_error", "legacy_timeout", "legacy_unreachable"):
                 self.stats.errors += 1
             if seconds > self.latency_slo_s:
@@ -381,6 +391,7 @@ class Proxy:
         view: _Fields | None,
         trace_id: str | None,
         span_id: str | None,
+        sampled: bool = False,
     ) -> _Mirrored | None:
         """In shadow mode, record a mapped request before it is forwarded; count the rest."""
         if self.settings.mode != "shadow" or self.capture is None:
@@ -402,7 +413,7 @@ class Proxy:
             RecordKind.INTENT,
             {
                 # the request's server span: the shadow worker's spans join its trace
-                **({"span_id": span_id} if span_id else {}),
+                **({"span_id": span_id, "sampled": sampled} if span_id else {}),
                 "method": request.method,
                 "path": request.path,
                 "query": [[k, v] for k, v in request.query.items()],

@@ -27,6 +27,7 @@ and the legacy service, and nothing tries a collector that is not there.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -38,7 +39,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -69,42 +70,67 @@ def provider_from_environ(environ: Mapping[str, str]) -> TracerProvider | None:
     exporter = _exporter(environ)
     # nowhere to send spans and no sampler asked for: spans record nothing (a quarter of the
     # cost) but still carry trace ids, for the logs and the legacy service's traceparent
-    sampler = ALWAYS_OFF if exporter is None and not environ.get("OTEL_TRACES_SAMPLER") else None
+    sampler = (
+        ParentBased(root=ALWAYS_OFF)  # a caller's sampled trace stays sampled downstream
+        if exporter is None and not environ.get("OTEL_TRACES_SAMPLER")
+        else None
+    )
     provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
+def _setting(environ: Mapping[str, str], *names: str, default: str) -> str:
+    """The first of ``names`` set to something (an empty value counts as unset, as the
+    OpenTelemetry specification says)."""
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return default
+
+
 def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
-    kind = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-    if kind == "none":
+    kinds = [
+        k.strip().lower()
+        for k in _setting(environ, "OTEL_TRACES_EXPORTER", default="otlp").split(",")
+        if k.strip()
+    ]
+    unknown = set(kinds) - {"otlp", "console", "none"}
+    if unknown:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: otlp, console or none, got {sorted(unknown)[0]!r}"
+        )
+    if "console" in kinds:
+        return ConsoleSpanExporter(out=sys.stderr)  # standard output is the JSON log lines
+    if "otlp" not in kinds:
         return None
-    if kind == "console":
-        return ConsoleSpanExporter()
-    if kind != "otlp":
-        raise ConfigError(f"OTEL_TRACES_EXPORTER: otlp, console or none, got {kind!r}")
-    if not (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not _setting(
+        environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", default=""
     ):
         return None
-    protocol = environ.get(
+    protocol = _setting(
+        environ,
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-    ).strip()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default="http/protobuf",
+    )
+    try:
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
 
-        return GrpcExporter()
-    if protocol in ("http/protobuf", "http"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
+            return GrpcExporter()
+        if protocol in ("http/protobuf", "http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpExporter,
+            )
 
-        return HttpExporter()
+            return HttpExporter()
+    except (ValueError, TypeError) as exc:  # a bad timeout, header or compression setting
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_*: the OTLP exporter refused them: {exc}") from exc
     raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf, got {protocol!r}")
 
 
@@ -122,13 +148,18 @@ def ids_of(span: Span) -> tuple[str | None, str | None]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-def remote_parent(trace_id: str | None, span_id: str | None) -> Context | None:
+def remote_parent(
+    trace_id: str | None, span_id: str | None, sampled: bool = True
+) -> Context | None:
     """A context whose parent is the span a mirror record names (the request's server span)."""
     if not trace_id or not span_id:
         return None
     try:
         context = SpanContext(
-            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
         )
     except ValueError:
         return None

@@ -77,7 +77,7 @@ async def test_a_clean_concurrent_run_reports_no_monetary_divergence(
         counts = await stack.comparisons().counts()
         divergences = await stack.comparisons().divergences(limit=100_000)
         legacy = await legacy_balances(stack)
-    assert counts.total > 500
+    assert counts.total > 300  # enough concurrent exchanges (a floor, not a rate)
     assert counts.monetary == 0, [d for d in divergences if d["monetary"]][:3]
     # named noise only: each remaining difference is one another order explains
     assert {k for d in divergences for k in d["kinds"]} <= {"order_dependent"}
@@ -100,7 +100,7 @@ async def test_a_bootstrap_under_live_traffic_gives_no_false_divergence(
         divergences = await stack.comparisons().divergences(limit=100_000)
         legacy = await legacy_balances(stack)
     assert report.opened == report.accounts
-    assert counts.by_outcome["match"] > 500
+    assert counts.by_outcome["match"] > 300
     assert counts.monetary == 0, [d for d in divergences if d["monetary"]][:3]
     assert {k for d in divergences for k in d["kinds"]} <= {"order_dependent"}
     assert await ledger_balances(db, list(legacy)) == legacy

@@ -199,8 +199,11 @@ def test_a_refusal_after_a_debit_both_sides_accepted_is_not_order_dependent() ->
         (Difference("status", DivergenceKind.STATUS, "accepted", "rejected", "EUR", 100),),
         {"EUR": 100},
     )
-    both = Overlap(-500, legacy_accepted=True)
+    both = Overlap(-500, legacy_accepted=True, alone=True)
     assert not explained_by_order(status, before=[both], after=[])
+    # a credit in flight at the same time could have let legacy afford both: still explained
+    crowded = Overlap(-500, legacy_accepted=True, alone=False)
+    assert explained_by_order(status, before=[crowded], after=[])
     # a true swap: legacy refused the debit the ledger took first
     assert explained_by_order(status, before=[Overlap(-500, legacy_accepted=False)], after=[])
     # legacy accepted what the ledger refused after a credit legacy refused: no money came
@@ -211,7 +214,12 @@ def test_a_refusal_after_a_debit_both_sides_accepted_is_not_order_dependent() ->
         {"EUR": 100},
     )
     # legacy refused what the ledger accepted before a debit both accepted: not an order
-    assert not explained_by_order(refused, before=[], after=[Overlap(-500, legacy_accepted=True)])
+    settled = Overlap(-500, legacy_accepted=True, alone=True)
+    assert not explained_by_order(refused, before=[], after=[settled])
+    # legacy took the debit first and a credit came between in the ledger's order (X, C, D
+    # in the ledger, D, X, C in legacy): explained
+    between = Overlap(-500, legacy_accepted=True, alone=False)
+    assert explained_by_order(refused, before=[], after=[between])
     assert explained_by_order(refused, before=[], after=[Overlap(-500)])  # not answered yet
     assert explained_by_order(refused, before=[Overlap(300, legacy_accepted=True)], after=[])
 
