@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.config import TelemetrySettings
-from sidecar.domain.comparison import DivergenceKind, Outcome
+from sidecar.domain.comparison import MONETARY, DivergenceKind, Outcome
 from sidecar.domain.mapping import Operation
 
 PREFIX = "ledger_sidecar_"
@@ -59,6 +59,7 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 MODES = ("legacy", "shadow")
+MONETARY_KINDS = frozenset(k.value for k in MONETARY)
 #: what a request's operation label says when no mapped route matched
 UNMAPPED = "unmapped"
 OPERATIONS = (*(o.value for o in Operation), UNMAPPED)
@@ -249,6 +250,13 @@ class ShadowMetrics:
             ["operation", "kind"],
             registry=registry,
         )
+        self.monetary_divergences = Counter(
+            PREFIX + "monetary_divergences",
+            "Comparisons that found money at stake (amount, balance, currency, missing in the "
+            "ledger): one per comparison, whatever its kinds. These page.",
+            ["operation"],
+            registry=registry,
+        )
         self.shadow_lag = Histogram(
             PREFIX + "shadow_lag_seconds",
             "From the legacy answer being recorded to its comparison committed.",
@@ -310,6 +318,7 @@ class ShadowMetrics:
                 self.comparisons.labels(operation, outcome.value)
             for kind in DivergenceKind:
                 self.divergences.labels(operation, kind.value)
+            self.monetary_divergences.labels(operation)
             self.shadow_lag.labels(operation)
             for result in LEDGER_OUTCOMES:
                 self.upstream_duration.labels("ledger", operation, result)
@@ -323,8 +332,11 @@ class ShadowMetrics:
         trace_id: str | None,
     ) -> None:
         self.comparisons.labels(operation, outcome).inc()
-        for kind in kinds:
+        found = set(kinds)
+        for kind in found:
             self.divergences.labels(operation, kind).inc()
+        if found & MONETARY_KINDS:
+            self.monetary_divergences.labels(operation).inc()
         if lag_s is not None:
             self.shadow_lag.labels(operation).observe(max(0.0, lag_s), _exemplar(trace_id))
 
