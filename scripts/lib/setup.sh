@@ -410,23 +410,27 @@ EOF
     exit 1
 }
 
-# promtool (Prometheus 2.42 on Debian 12) lints a real scrape in the test suite; on CI as root
-# it is installed with apt-get, elsewhere its absence is said once and that test is skipped.
+# promtool and amtool (Prometheus 2.42 and Alertmanager 0.25 on Debian 12) check the metrics,
+# the alert rules and the Alertmanager configuration in the test suite; on CI as root they are
+# installed with apt-get, elsewhere their absence is said once and those tests are skipped.
 ensure_test_tools() {
-    if command -v promtool >/dev/null 2>&1; then
+    local missing=()
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+    if ((${#missing[@]} == 0)); then
         return 0
     fi
     if _ls_can_apt_install; then
-        _ls_say "CI=true: installing promtool (Debian's prometheus package) with apt-get"
+        _ls_say "CI=true: installing ${missing[*]} (promtool, amtool) with apt-get"
         if apt-get update -qq &&
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                prometheus >/dev/null; then
+                "${missing[@]}" >/dev/null; then
             return 0
         fi
-        _ls_warn "apt-get install prometheus failed: the promtool test will be skipped"
+        _ls_warn "apt-get install ${missing[*]} failed: their tests will be skipped"
         return 0
     fi
-    _ls_warn "promtool not found: the metrics lint test is skipped (Debian: apt-get install prometheus)"
+    _ls_warn "${missing[*]} not installed: the promtool/amtool tests are skipped (Debian: apt-get install ${missing[*]})"
 }
 
 # --- entry point ------------------------------------------------------------------------------
