@@ -195,6 +195,8 @@ class Sidecar:
     #: this one's at each scrape)
     worker_metrics_url: str | None = None
     metrics: Registry = field(default_factory=Registry)
+    #: the scrape of that worker's /metrics (its url moves with each start of the worker)
+    worker_scrape: WorkerScrape | None = None
     #: spans of the customer path (and of the worker, when it runs here)
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
     proxy: Proxy | None = None
@@ -276,7 +278,7 @@ class Sidecar:
                 # its own connection: a scrape never queues behind customers' legacy calls
                 scraping = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
                 stack.push_async_callback(scraping.close)
-                worker = WorkerScrape(scraping, self.worker_metrics_url)
+                worker = self.worker_scrape = WorkerScrape(scraping, self.worker_metrics_url)
             app = self.proxy.app({METRICS_PATH: metrics_handler(self.metrics, worker)})
             self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)
             await self.runner.setup()

@@ -422,17 +422,14 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("proxy.mapping: shadow mode needs a mapping file (--mapping FILE)")
     shadow = proxy.mode == "shadow"
     separate = shadow and not args.in_process
-    metrics_port = _free_port(settings.telemetry.applier_metrics_host) if separate else None
+    metrics_host = settings.telemetry.applier_metrics_host
     tracing = provider_from_environ(os.environ)
     sidecar = Sidecar(
         replace(settings, proxy=proxy),
         shadow_in_process=shadow and args.in_process,
         tracer=tracer_of(tracing),
-        worker_metrics_url=(
-            f"http://{settings.telemetry.applier_metrics_host}:{metrics_port}/metrics"
-            if separate
-            else None
-        ),
+        # the port is chosen at each start of the applier (_supervise), this is a first guess
+        worker_metrics_url=f"http://{metrics_host}:0/metrics" if separate else None,
     )
     await sidecar.start()
     supervisor: asyncio.Task[None] | None = None
@@ -445,15 +442,16 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 command += ["--config", args.config]
             if args.schema_override:
                 command += ["--schema", args.schema_override]
-            command += [
-                "apply",
-                "--mapping",
-                str(proxy.mapping),
-                "--metrics-port",
-                str(metrics_port),
-            ]
+            command += ["apply", "--mapping", str(proxy.mapping)]
             env = {**os.environ, "LEGACY_URL": proxy.legacy_url}
-            supervisor = asyncio.create_task(_supervise(command, env, children))
+
+            def start_at(port: int) -> None:  # where the next applier serves its /metrics
+                if sidecar.worker_scrape is not None:
+                    sidecar.worker_scrape.url = f"http://{metrics_host}:{port}/metrics"
+
+            supervisor = asyncio.create_task(
+                _supervise(command, env, children, metrics_host, start_at)
+            )
         print(
             f"ledger-sidecar: {proxy.mode} mode on http://{proxy.host}:{sidecar.port} "
             f"in front of {proxy.legacy_url}"
@@ -475,13 +473,20 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _supervise(
-    command: list[str], env: dict[str, str], children: list[asyncio.subprocess.Process]
+    command: list[str],
+    env: dict[str, str],
+    children: list[asyncio.subprocess.Process],
+    metrics_host: str,
+    started_at: Callable[[int], None],
 ) -> None:
     """Keep the applier process running: if it exits, say so and start it again (the proxy
-    goes on serving customers meanwhile)."""
+    goes on serving customers meanwhile). Each start gets a free port for its /metrics, so a
+    port taken meanwhile costs one restart, not every one."""
     pause = 1.0
     while True:
-        child = await asyncio.create_subprocess_exec(*command, env=env)
+        port = _free_port(metrics_host)
+        started_at(port)
+        child = await asyncio.create_subprocess_exec(*command, "--metrics-port", str(port), env=env)
         children[:] = [child]
         code = await child.wait()
         print(
