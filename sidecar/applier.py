@@ -220,6 +220,9 @@ class Applier:
         self._bootstrapped = not settings.require_bootstrap
         self._planned: dict[str, Account] = {}  # accounts a bootstrap plan named
         self._awaiting: dict[str, Account] = {}  # of those, not yet opened at their read
+        #: the database's clock minus this host's (the stream's times are the database's),
+        #: kept by the health sampler, so the shadow lag is not skewed by the two clocks
+        self.clock_offset_s = 0.0
         self._group_seconds = 0.0  # the last group's transaction
         self._group_ns = (0, 0)  # its start and end, for spans (ns since the epoch)
         self._compare_ns = (0, 0)
@@ -891,7 +894,7 @@ class Applier:
         the source of truth; ``ComparisonStore.counts`` has the totals by outcome and kind)."""
         self.stats.groups += 1
         self.stats.compared += len(records)
-        now = time.time()
+        now = time.time() + self.clock_offset_s
         for record in records:
             outcome = record.comparison.outcome
             if self.metrics is not None:

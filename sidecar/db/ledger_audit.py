@@ -137,3 +137,9 @@ async def heads_and_trial_balance(
         heads = await conn.fetchrow(HEADS)
         totals = await conn.fetch(TRIAL_BALANCE_OF_ACCOUNTS)
     return heads["ledger"], heads["mirror"], {r["currency"]: int(r["total"]) for r in totals}
+
+
+async def database_clock(conn: asyncpg.Connection) -> float:
+    """The database server's clock, in seconds since the epoch (``clock_timestamp()``)."""
+    value: float = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+    return value

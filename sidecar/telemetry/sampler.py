@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from math import nan
@@ -20,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from sidecar.applier import Applier
 from sidecar.db.connect import pooled
-from sidecar.db.ledger_audit import heads_and_trial_balance
+from sidecar.db.ledger_audit import database_clock, heads_and_trial_balance
 from sidecar.db.slo_store import slo_sums
 from sidecar.domain.slo import SloFile
 from sidecar.errors import SidecarError
@@ -65,6 +66,10 @@ class HealthSampler:
     async def sample(self) -> None:
         async with pooled(self._pool) as conn:
             ledger_head, stream_head, totals = await heads_and_trial_balance(conn)
+            # the stream's times are the database's: the lag is measured on its clock
+            before = time.time()
+            server = await database_clock(conn)
+            self._applier.clock_offset_s = server - (before + time.time()) / 2
         m = self._metrics
         m.event_log_head.set(ledger_head)
         m.stream_head.set(stream_head)

@@ -68,8 +68,11 @@ async def test_a_real_scrape_passes_promtool_and_reads_zero_before_traffic(
         await stack.read_every_balance()
         await stack.settle()
         worker = stack.sidecar.worker
-        assert worker is not None and worker.sampler is not None
+        assert worker is not None and worker.sampler is not None and worker.applier is not None
+        worker.applier.clock_offset_s = 999.0
         await worker.sampler.sample()
+        # the lag is measured on the database's clock: the sampler measured this host's offset
+        assert abs(worker.applier.clock_offset_s) < 1.0
         text, content_type = await scrape(url)
         openmetrics, om_type = await scrape(url, OPENMETRICS)
     assert content_type.startswith("text/plain; version=0.0.4")
