@@ -138,6 +138,9 @@ def _json(body: bytes) -> Any:
         return MISSING
 
 
+_UNPARSED = object()
+
+
 class _Fields:
     """A mapped request's fields, its JSON body parsed at most once and only if needed."""
 
@@ -145,18 +148,18 @@ class _Fields:
         self.matched = matched
         self._body = body
         self._headers = headers
-        self._json: Any = None
+        self._json: Any = _UNPARSED
 
     def first(self, names: tuple[str, ...]) -> str | None:
         for name in names:
             source = self.matched.route.fields.get(name)
             if source is None:
                 continue
-            if source.origin is Origin.REQUEST and self._json is None:
+            if source.origin is Origin.REQUEST and self._json is _UNPARSED:
                 self._json = _json(self._body)
             value = extract(
                 source,
-                request=self._json if self._json is not None else MISSING,
+                request=MISSING if self._json is _UNPARSED else self._json,
                 path_params=self.matched.path_params,
                 headers=self._headers,
             )
@@ -257,7 +260,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.stats.requests += 1
-        view = _Fields(matched, b"", request.headers) if matched is not None else None
+        view: _Fields | None = None
         operation = matched.route.operation.value if matched is not None else UNMAPPED
         trace_id, span_id = ids_of(span)
         sampled = span.get_span_context().trace_flags.sampled
@@ -269,6 +272,8 @@ class Proxy:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 outcome = "request_too_large"
+                if matched is not None:  # path and headers still name the account
+                    view = _Fields(matched, b"", request.headers)
                 return problem(
                     413,
                     "request_too_large",
@@ -350,8 +355,9 @@ class Proxy:
             if seconds > self.latency_slo_s:
                 self.stats.slow += 1
             account = view.first(ACCOUNT_FIELDS) if view is not None else None
+            tier = None
             if self.metrics is not None:
-                self.metrics.request(operation, outcome, account, seconds, trace_id)
+                tier = self.metrics.request(operation, outcome, account, seconds, trace_id)
             if requests_log.isEnabledFor(logging.INFO):
                 requests_log.info(
                     "request completed",
@@ -364,9 +370,7 @@ class Proxy:
                         "route": matched.route.path if matched is not None else None,
                         "status": status or None,
                         "account_id": account,
-                        "account_tier": (
-                            self.metrics.accounts.tier(account) if self.metrics else None
-                        ),
+                        "account_tier": tier,
                         "latency_seconds": round(seconds, 6),
                         "legacy_latency_seconds": (
                             round(legacy_seconds, 6) if legacy_seconds is not None else None

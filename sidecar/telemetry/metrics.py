@@ -216,13 +216,15 @@ class ProxyMetrics:
         account_id: str | None,
         seconds: float,
         trace_id: str | None = None,
-    ) -> None:
+    ) -> str:
+        """Observe one customer request; returns the account's tier (for its log line)."""
         exemplar = _exemplar(trace_id)
         tier = self.accounts.tier(account_id)
         self.request_duration.labels(operation, outcome, self.mode, tier).observe(seconds, exemplar)
         name = self.accounts.watched(account_id)
         if name is not None:
             self.watched_duration.labels(name, operation).observe(seconds, exemplar)
+        return tier
 
     def legacy_call(
         self, operation: str, outcome: str, seconds: float, trace_id: str | None = None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli import ROOT
-from tests.e2e.test_serve_telemetry import free_port
+from tests.e2e.test_serve_telemetry import free_port, wait_until_answering
 
 CONFIG = ROOT / "alerts" / "alertmanager.yml"
 AMTOOL = shutil.which("amtool")
@@ -71,15 +71,7 @@ def test_a_ticket_is_held_back_while_the_matching_page_fires(tmp_path: Path) -> 
     )
     base = f"http://127.0.0.1:{port}/api/v2"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/status") as answer:
-                    assert answer.status == 200
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_until_answering(f"{base}/status", server)
         now = datetime.now(UTC)
         ends = (now + timedelta(minutes=10)).isoformat()
 

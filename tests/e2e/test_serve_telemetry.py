@@ -31,6 +31,21 @@ class Legacy(BaseHTTPRequestHandler):
         pass
 
 
+def wait_until_answering(
+    url: str, process: subprocess.Popen[str] | subprocess.Popen[bytes]
+) -> None:
+    """Poll ``url`` until it answers 200, while ``process`` runs, for at most 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url) as answer:
+                assert answer.status == 200
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -58,15 +73,7 @@ def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled() -> None:
         env=env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sidecar/health") as r:
-                    assert r.status == 200
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_until_answering(f"http://127.0.0.1:{port}/_sidecar/health", server)
         for n in range(3):
             url = f"http://127.0.0.1:{port}/v1/accounts/ACC-{n}/balance"
             with urllib.request.urlopen(url) as answer:
