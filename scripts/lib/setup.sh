@@ -413,7 +413,25 @@ EOF
 # promtool and amtool (Prometheus 2.42 and Alertmanager 0.25 on Debian 12) check the metrics,
 # the alert rules and the Alertmanager configuration in the test suite; on CI as root they are
 # installed with apt-get, elsewhere their absence is said once and those tests are skipped.
+# Grafana's LogQL grammar for the dashboard tests (tests/logql: npm, pinned by its lock file);
+# installed again only when the lock file is newer than what was installed.
+_ls_ensure_logql_parser() {
+    local dir="$_LS_ROOT/tests/logql"
+    local stamp="$dir/node_modules/.package-lock.json"
+    if [[ -f $stamp && ! $dir/package-lock.json -nt $stamp ]]; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        _ls_warn "npm not found: the LogQL parsing test is skipped (install Node.js and npm)"
+        return 0
+    fi
+    _ls_say "installing the LogQL parser for the dashboard tests (npm ci in tests/logql)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null ||
+        _ls_warn "npm ci in tests/logql failed: the LogQL parsing test is skipped"
+}
+
 ensure_test_tools() {
+    _ls_ensure_logql_parser
     local missing=()
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
