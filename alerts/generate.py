@@ -44,7 +44,8 @@ BURNS = (
 #: a page needs at least this many events an hour in its long window
 MIN_EVENTS_PER_HOUR = 60
 HOURS = {"1h": 1, "6h": 6, "1d": 24, "3d": 72}
-#: the dashboards the alerts link to (dashboards/, the next step of the plan)
+#: the dashboards the alerts link to (dashboards/generate.py UIDS; tests/e2e/test_dashboards.py
+#: checks every link leads to one)
 DASHBOARDS = {
     "slo": "/d/ledger-sidecar-slo",
     "overview": "/d/ledger-sidecar-overview",
