@@ -49,6 +49,12 @@ class InvalidCommand(SidecarError):
     code = "invalid_command"
 
 
+class FlagRulesInvalid(InvalidCommand):
+    """A change to the cutover flag's rules is malformed (a mode, a share, a cohort)."""
+
+    code = "flag_rules_invalid"
+
+
 class InvalidAmount(InvalidCommand):
     code = "invalid_amount"
 
