@@ -6,6 +6,7 @@ Checks, each reported with what it measured (tests/integration/test_verify.py):
 - ``rows_match_log``: every account, transfer and posting row is exactly what its event says,
   and no row exists that no event explains; a changed, deleted or inserted row is reported at
   the seq of the event it contradicts.
+- ``audit_chain``: the admin audit log (append-only, hash-chained by the same rule) is whole.
 - ``log_replays``: folding the events in order reproduces every posting's balance-after.
 - ``trial_balance``: the signed postings of every currency sum to zero.
 - ``cached_balances``: each account's balance equals the sum of its postings, and each
@@ -21,7 +22,13 @@ from typing import Any
 
 from sidecar.config import DatabaseSettings
 from sidecar.db.connect import connection
-from sidecar.db.ledger_audit import PostgresLedgerAudit, events_page, log_head
+from sidecar.db.ledger_audit import (
+    PostgresLedgerAudit,
+    audit_trail_head,
+    audit_trail_page,
+    events_page,
+    log_head,
+)
 from sidecar.domain.chain import ChainChecker, canonical
 from sidecar.domain.replay import Fold, FoldError, expected_rows
 
@@ -134,6 +141,24 @@ def _actual_rows(
     )
 
 
+async def _audit_chain(conn: Any) -> Check:
+    """The admin audit log's chain: the event log's rule, checked the same way."""
+    head = await audit_trail_head(conn)
+    if head is None:
+        return Check("audit_chain", True, "no audit log in this schema (before migration 0008)")
+    chain = ChainChecker()
+    last = 0
+    while page := await audit_trail_page(conn, last, PAGE_EVENTS):
+        for row in page:
+            chain.feed(row["seq"], row["content"], bytes(row["hash"]))
+        last = page[-1]["seq"]
+    chain.finish(head["seq"], bytes(head["hash"]))
+    if chain.first_break is not None:
+        where = chain.first_break
+        return Check("audit_chain", False, f"broken at seq {where.seq}: {where.reason}")
+    return Check("audit_chain", True, f"{chain.checked} admin actions, chain intact")
+
+
 async def verify(settings: DatabaseSettings, progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport()
     async with connection(settings) as conn:
@@ -194,6 +219,7 @@ async def verify(settings: DatabaseSettings, progress: Progress | None = None) -
         else:
             detail = f"broken at seq {chain.first_break.seq}: {chain.first_break.reason}"
         report.checks.append(Check("hash_chain", chain.first_break is None, detail))
+        report.checks.append(await _audit_chain(conn))
 
         if rows.first_seq is None:
             detail = f"every row matches its event ({chain.checked} events)"

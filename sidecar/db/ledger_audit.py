@@ -118,6 +118,23 @@ async def log_head(conn: asyncpg.Connection) -> Any:
     return await conn.fetchrow(HEAD)
 
 
+async def audit_trail_page(conn: asyncpg.Connection, after_seq: int, limit: int) -> list[Any]:
+    """The admin audit log's rows after ``after_seq`` (migration 0008), in seq order."""
+    return list(
+        await conn.fetch(
+            "SELECT seq, content, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after_seq,
+            limit,
+        )
+    )
+
+
+async def audit_trail_head(conn: asyncpg.Connection) -> Any:
+    """The audit log's sealed head, or None on a schema from before migration 0008."""
+    present = await conn.fetchval("SELECT to_regclass('audit_head') IS NOT NULL")
+    return await conn.fetchrow("SELECT seq, hash FROM audit_head") if present else None
+
+
 # the trial balance from the accounts' balances (one row per account, not per posting, so it
 # is cheap to sample often): each balance signed back by its account's normal side
 TRIAL_BALANCE_OF_ACCOUNTS = """

@@ -31,6 +31,7 @@ async def test_an_untouched_ledger_verifies(db: DatabaseSettings, seqs: list[int
     assert report.ok, report.to_dict()
     assert {c.name for c in report.checks} == {
         "hash_chain",
+        "audit_chain",
         "rows_match_log",
         "log_replays",
         "trial_balance",
