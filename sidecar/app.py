@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,16 +24,20 @@ import asyncpg
 from aiohttp import web
 from opentelemetry import trace
 
+from sidecar.admin.api import AdminApi
 from sidecar.applier import Applier
 from sidecar.capture import Capture
 from sidecar.config import Settings
+from sidecar.db.admin_store import PostgresAdminStore
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.db.migrate import migrate
 from sidecar.db.mirror_store import PostgresMirrorLog, save_capture_counts
 from sidecar.db.slo_store import save_thresholds
+from sidecar.domain.flags import Evaluation, Mode
 from sidecar.errors import ConfigError, SidecarError
+from sidecar.flag_watch import FlagWatcher
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
@@ -202,6 +207,9 @@ class Sidecar:
     proxy: Proxy | None = None
     worker: ShadowWorker | None = None
     runner: web.AppRunner | None = None
+    #: the cutover flag as this instance sees it (None without a mapping: no database)
+    flags: FlagWatcher | None = None
+    admin_runner: web.AppRunner | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @property
@@ -235,9 +243,12 @@ class Sidecar:
                 settings.proxy.mode,
                 latency_slo_s,
             )
-            # 2. database: migrations, a pool, and capture through the mirror stream
+            # 2. database: migrations, a pool, capture through the mirror stream, and the
+            # cutover flag. With a mapping the flag may turn shadowing on at run time, so
+            # capture and the shadow worker run whatever the configured mode
             capture = None
-            if settings.proxy.mode == "shadow":
+            pool = None
+            if routes is not None:
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
@@ -260,6 +271,13 @@ class Sidecar:
                     self.worker = ShadowWorker(settings, self.metrics, self.tracer)
                     await self.worker.start()
                     stack.push_async_callback(self.worker.stop)
+                # 2c. the cutover flag, followed at run time
+                admin_store = PostgresAdminStore(pool, Mode(settings.proxy.mode))
+                self.flags = FlagWatcher(
+                    admin_store, settings.admin.flag_poll_s, proxy_metrics.flag
+                )
+                await self.flags.start()
+                stack.push_async_callback(self.flags.stop)
             # 3. the keep-alive pool towards the legacy service
             session: aiohttp.ClientSession = await legacy_session(settings.proxy)
             stack.push_async_callback(session.close)
@@ -272,6 +290,7 @@ class Sidecar:
                 proxy_metrics,
                 self.tracer,
                 latency_slo_s=latency_slo_s,
+                mode_of=self._mode_of() if self.flags is not None else None,
             )
             worker = None
             if self.worker_metrics_url is not None:
@@ -284,6 +303,22 @@ class Sidecar:
             await self.runner.setup()
             stack.push_async_callback(self.runner.cleanup)
             await web.TCPSite(self.runner, settings.proxy.host, settings.proxy.port).start()
+            # 5. the admin API, on its own port
+            if settings.admin.enabled and self.flags is not None and pool is not None:
+                admin = AdminApi(
+                    self.flags.store,
+                    PostgresComparisonStore(pool),
+                    self.flags,
+                    frozenset({Mode.LEGACY, Mode.SHADOW}),  # ledger-primary: not built yet
+                    self.tracer,
+                    settings.admin.body_bytes_max,
+                )
+                self.admin_runner = web.AppRunner(admin.app(), access_log=None)
+                await self.admin_runner.setup()
+                stack.push_async_callback(self.admin_runner.cleanup)
+                await web.TCPSite(
+                    self.admin_runner, settings.admin.host, settings.admin.port
+                ).start()
         except BaseException:
             await stack.aclose()
             raise
@@ -299,6 +334,18 @@ class Sidecar:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+    def _mode_of(self) -> Callable[[str | None], Evaluation]:
+        flags = self.flags
+        assert flags is not None
+        return lambda account: flags.rules.evaluate(account)
+
+    @property
+    def admin_port(self) -> int | None:
+        """The admin API's port actually bound, if it runs."""
+        if self.admin_runner is None or not self.admin_runner.addresses:
+            return None
+        return int(self.admin_runner.addresses[0][1])
 
     @property
     def port(self) -> int:

@@ -19,6 +19,8 @@ from dataclasses import replace
 from typing import Any
 
 from sidecar import __version__, config, runtime
+from sidecar.admin.cli import AdminUnreachable
+from sidecar.admin.cli import add_parsers as add_admin_parsers
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
@@ -420,7 +422,8 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy = replace(proxy, mapping=args.mapping)
     if proxy.mode == "shadow" and proxy.mapping is None:
         raise ConfigError("proxy.mapping: shadow mode needs a mapping file (--mapping FILE)")
-    shadow = proxy.mode == "shadow"
+    # with a mapping the cutover flag may turn shadowing on at run time: the worker runs
+    shadow = proxy.mapping is not None
     separate = shadow and not args.in_process
     metrics_host = settings.telemetry.applier_metrics_host
     tracing = provider_from_environ(os.environ)
@@ -718,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(handler=_demo_traffic)
 
+    add_admin_parsers(groups)
+
     p = groups.add_parser(
         "bootstrap",
         help="open the legacy accounts in the ledger with their balances, under live traffic",
@@ -792,6 +797,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runtime.tune_gc()
         return runtime.run(handler(settings, args))
+    except AdminUnreachable as exc:
+        print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
+        print("  is `ledger-sidecar serve` running? see --url and [admin]", file=sys.stderr)
+        return 3
     except DatabaseUnreachable as exc:
         print(f"ledger-sidecar: {exc.message}", file=sys.stderr)
         print(

@@ -147,6 +147,19 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    #: the admin API (/admin/v1, with its OpenAPI document) listens here, apart from the
+    #: customer port: nothing under it is ever forwarded to the legacy service
+    host: str = "127.0.0.1"
+    port: int = 9467
+    #: false: no admin API in this process (flags still follow the database)
+    enabled: bool = True
+    body_bytes_max: int = 65_536
+    #: how often each sidecar instance looks for a new version of the cutover flag
+    flag_poll_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
@@ -154,6 +167,7 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     applier: ApplierSettings = field(default_factory=ApplierSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     log_level: str = "INFO"
 
 
@@ -264,6 +278,13 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "strict": lambda k, v: _boolean(k, v),
         "require_bootstrap": lambda k, v: _boolean(k, v),
     },
+    "admin": {
+        "host": lambda k, v: _text(k, v),
+        "port": lambda k, v: _port(k, v),
+        "enabled": lambda k, v: _boolean(k, v),
+        "body_bytes_max": lambda k, v: _positive_int(k, v, maximum=16 * 1024 * 1024),
+        "flag_poll_s": lambda k, v: _positive_float(k, v, maximum=60.0),
+    },
     "telemetry": {
         "account_tiers": lambda k, v: _account_tiers(k, v),
         "default_account_tier": lambda k, v: _label_value(k, v),
@@ -362,6 +383,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         "proxy",
         "applier",
         "telemetry",
+        "admin",
         "log_level",
     }
     if unknown:
@@ -396,6 +418,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             f"telemetry.default_account_tier: {telemetry.default_account_tier!r} is also a "
             "configured tier; the default is for accounts no tier names"
         )
+    admin = _section(AdminSettings, "admin", data.get("admin", {}))
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
     return Settings(
         database=database,
@@ -404,6 +427,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         proxy=proxy,
         applier=applier,
         telemetry=telemetry,
+        admin=admin,
         log_level=log_level,
     )
 

@@ -23,7 +23,9 @@ from sidecar.posting import Ledger
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return config.load(None, os.environ)
+    loaded = config.load(None, os.environ)
+    # any free port for the admin API: tests run several sidecars
+    return replace(loaded, admin=replace(loaded.admin, port=0))
 
 
 def fresh_schema_name() -> str:

@@ -146,8 +146,10 @@ class ShadowStack:
             mode="shadow",
             mapping=str(self.mapping),
         )
+        admin = replace(self.settings.admin, port=0)  # beside any sidecar already running
         self.sidecar = Sidecar(
-            replace(self.settings, proxy=proxy), tracer=self.tracer or trace.NoOpTracer()
+            replace(self.settings, proxy=proxy, admin=admin),
+            tracer=self.tracer or trace.NoOpTracer(),
         )
         await self.sidecar.start()
         self._stack.push_async_callback(self.sidecar.stop)

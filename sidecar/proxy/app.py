@@ -37,6 +37,7 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.capture import Capture
 from sidecar.config import ProxySettings
+from sidecar.domain.flags import FLAG_KEY, Evaluation, Mode, Reason
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
@@ -210,10 +211,13 @@ class Proxy:
         metrics: ProxyMetrics | None = None,
         tracer: trace.Tracer | None = None,
         latency_slo_s: float = 0.25,
+        mode_of: Callable[[str | None], Evaluation] | None = None,
     ) -> None:
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
         self.settings = settings
+        #: the cutover flag: which mode an account is in (default: the configured mode)
+        self.mode_of = mode_of or _configured(Mode(settings.mode))
         self.session = session
         self.routes = routes
         self.capture = capture
@@ -236,11 +240,11 @@ class Proxy:
         return application
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "mode": self.settings.mode})
+        return web.json_response({"status": "ok", "mode": self.mode_of(None).variant.value})
 
     async def ready(self, request: web.Request) -> web.Response:
         capturing = self.capture is None or self.capture.running
-        body = {"ready": capturing, "mode": self.settings.mode}
+        body = {"ready": capturing, "mode": self.mode_of(None).variant.value}
         return web.json_response(body, status=200 if capturing else 503)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
@@ -261,6 +265,7 @@ class Proxy:
         started = loop.time()
         self.stats.requests += 1
         view: _Fields | None = None
+        evaluation: Evaluation | None = None
         operation = matched.route.operation.value if matched is not None else UNMAPPED
         trace_id, span_id = ids_of(span)
         sampled = span.get_span_context().trace_flags.sampled
@@ -281,9 +286,11 @@ class Proxy:
                 )
             if matched is not None:
                 view = _Fields(matched, body, request.headers)
+            # the request's mode: its (paying) account's, by the cutover flag
+            evaluation = self.mode_of(view.first(ACCOUNT_FIELDS) if view is not None else None)
             forwarded = end_to_end(request.headers)
             mirrored = await self._mirror_intent(
-                request, forwarded, body, view, trace_id, span_id, sampled
+                request, forwarded, body, view, trace_id, span_id, sampled, evaluation.variant
             )
             legacy_started = loop.time()
             try:
@@ -355,9 +362,12 @@ class Proxy:
             if seconds > self.latency_slo_s:
                 self.stats.slow += 1
             account = view.first(ACCOUNT_FIELDS) if view is not None else None
+            if evaluation is None:
+                evaluation = self.mode_of(account)
+            mode = evaluation.variant.value
             tier = None
             if self.metrics is not None:
-                tier = self.metrics.request(operation, outcome, account, seconds, trace_id)
+                tier = self.metrics.request(operation, outcome, account, seconds, trace_id, mode)
             if requests_log.isEnabledFor(logging.INFO):
                 requests_log.info(
                     "request completed",
@@ -365,7 +375,9 @@ class Proxy:
                         "event": "request_completed",
                         "operation": operation,
                         "outcome": outcome,
-                        "mode": self.settings.mode,
+                        "mode": mode,
+                        "flag_reason": evaluation.reason.value,
+                        "cohort": evaluation.cohort,
                         "method": request.method,
                         "route": matched.route.path if matched is not None else None,
                         "status": status or None,
@@ -396,9 +408,10 @@ class Proxy:
         trace_id: str | None,
         span_id: str | None,
         sampled: bool = False,
+        mode: Mode = Mode.SHADOW,
     ) -> _Mirrored | None:
         """In shadow mode, record a mapped request before it is forwarded; count the rest."""
-        if self.settings.mode != "shadow" or self.capture is None:
+        if mode is not Mode.SHADOW or self.capture is None:
             return None
         if view is None:
             self.stats.unmapped += 1
@@ -434,6 +447,12 @@ class Proxy:
         if mirrored is not None:
             await mirrored.record(RecordKind.OUTCOME, {"error": code})
         return problem(status, code, message)
+
+
+def _configured(mode: Mode) -> Callable[[str | None], Evaluation]:
+    """Every account in one mode (no flag in the database: a proxy built on its own)."""
+    evaluation = Evaluation(FLAG_KEY, mode, Reason.DEFAULT)
+    return lambda account: evaluation
 
 
 async def serve(proxy: Proxy, host: str, port: int) -> web.AppRunner:

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.config import TelemetrySettings
 from sidecar.domain.comparison import MONETARY, DivergenceKind, Outcome
+from sidecar.domain.flags import FlagRules, Mode
 from sidecar.domain.mapping import Operation
 
 PREFIX = "ledger_sidecar_"
@@ -58,7 +59,7 @@ LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, FRESHNESS_SLO_S, 60, 1
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
-MODES = ("legacy", "shadow")
+MODES = tuple(m.value for m in Mode)
 MONETARY_KINDS = frozenset(k.value for k in MONETARY)
 #: what a request's operation label says when no mapped route matched
 UNMAPPED = "unmapped"
@@ -198,16 +199,48 @@ class ProxyMetrics:
         Info(PREFIX + "build", "The running build.", registry=registry).info(
             {"version": __version__, "python_version": platform.python_version()}
         )
+        self.flag_version = Gauge(
+            PREFIX + "flag_version",
+            "Version of the cutover flag this instance answers by (each change makes the next).",
+            registry=registry,
+        )
+        self.cohort_mode = Gauge(
+            PREFIX + "cohort_mode",
+            "1 for each cohort of the cutover flag and the mode its accounts are in.",
+            ["cohort", "mode"],
+            registry=registry,
+        )
+        self._initialised: set[str] = set()
         for m in MODES:
             self.mode_gauge.labels(m).set(1 if m == mode else 0)
+        self._initialise(mode)
         for operation in OPERATIONS:
-            for outcome in REQUEST_OUTCOMES:
-                for tier in accounts.tiers:
-                    self.request_duration.labels(operation, outcome, mode, tier)
             for outcome in LEGACY_OUTCOMES:
                 self.upstream_duration.labels("legacy", operation, outcome)
             for name in accounts.watch_names:
                 self.watched_duration.labels(name, operation)
+
+    def _initialise(self, mode: str) -> None:
+        """Create the request series of a mode in use, so dashboards read 0, not nothing."""
+        if mode in self._initialised:
+            return
+        self._initialised.add(mode)
+        for operation in OPERATIONS:
+            for outcome in REQUEST_OUTCOMES:
+                for tier in self.accounts.tiers:
+                    self.request_duration.labels(operation, outcome, mode, tier)
+
+    def flag(self, rules: FlagRules) -> None:
+        """The cutover flag changed: the default mode, the cohorts, the version."""
+        self.mode = rules.default.value
+        for m in MODES:
+            self.mode_gauge.labels(m).set(1 if m == self.mode else 0)
+        self.flag_version.set(rules.version)
+        self.cohort_mode.clear()
+        for cohort in rules.cohorts:
+            self.cohort_mode.labels(cohort.name, cohort.mode.value).set(1)
+        for m in sorted(rules.modes()):
+            self._initialise(m.value)
 
     def request(
         self,
@@ -216,11 +249,15 @@ class ProxyMetrics:
         account_id: str | None,
         seconds: float,
         trace_id: str | None = None,
+        mode: str | None = None,
     ) -> str:
-        """Observe one customer request; returns the account's tier (for its log line)."""
+        """Observe one customer request (in ``mode``, else the default's); returns the
+        account's tier (for its log line)."""
         exemplar = _exemplar(trace_id)
         tier = self.accounts.tier(account_id)
-        self.request_duration.labels(operation, outcome, self.mode, tier).observe(seconds, exemplar)
+        self.request_duration.labels(operation, outcome, mode or self.mode, tier).observe(
+            seconds, exemplar
+        )
         name = self.accounts.watched(account_id)
         if name is not None:
             self.watched_duration.labels(name, operation).observe(seconds, exemplar)

@@ -52,6 +52,9 @@ class HealthSampler:
         self._slo_sampled_at = float("-inf")
         self._currencies: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        for slo in slos.slos if slos is not None else ():  # no verdict yet, but the series
+            metrics.slo_attainment.labels(slo.name).set(nan)
+            metrics.slo_budget_left.labels(slo.name).set(nan)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="health-sampler")

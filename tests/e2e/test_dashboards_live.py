@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +27,7 @@ from tests.e2e.dashboard_queries import (
     recorded_names,
     rule_expressions,
 )
+from tests.e2e.processes import Processes
 from tests.e2e.test_cli import ROOT, cli, schema  # noqa: F401 - the fixture
 from tests.e2e.test_serve_telemetry import free_port, wait_until_answering
 
@@ -40,40 +39,6 @@ pytestmark = pytest.mark.skipif(
     PROMETHEUS is None and not os.environ.get("CI"),
     reason="prometheus not installed (apt-get install prometheus; CI installs it)",
 )
-
-
-class Processes:
-    """Child processes, each logging to its own file, all stopped at the end."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(self, name: str, *command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        self.running.append((process, log))
-        return process
-
-    def stop(self) -> None:
-        for process, log in reversed(self.running):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            log.close()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def get(url: str) -> Any:

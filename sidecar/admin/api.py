@@ -1,0 +1,396 @@
+"""The admin API (``/admin/v1``): modes and cohorts of the cutover flag, divergence triage,
+API tokens and the audit log, on a port of its own.
+
+Guarantees (tests/integration/test_admin_api.py, tests/integration/test_admin_fuzz.py):
+- Every request is checked against the served OpenAPI document (``sidecar.admin.openapi``)
+  before anything runs: wrong types, unknown fields, missing reasons, out-of-range numbers and
+  oversized bodies get a clear 4xx (``{"error": {"code", "message"}}``) and change nothing.
+  A schema-driven fuzzer finds no 5xx.
+- A missing, unknown or revoked token gets 401; a token whose role lacks the permission gets
+  403. Neither changes anything; both are recorded in the audit log as refused attempts, as
+  is every refused change (bad rules, unknown target).
+- Every change writes exactly one audit record (actor, role, action, target, reason, before,
+  after, trace id, what it produced) in the transaction of its effect.
+- A mode this sidecar cannot serve (no mapping for shadow; ledger-primary and ledger-only are
+  not built yet) is refused with 409 ``mode_unavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from opentelemetry import trace
+
+from sidecar.admin.openapi import DOCUMENT, PREFIX, operations
+from sidecar.db.admin_store import NotFound, PostgresAdminStore, Token
+from sidecar.db.comparison_store import PostgresComparisonStore
+from sidecar.domain.audit import AuditRecord, Permission, Role, allows
+from sidecar.domain.flags import FlagRules, Mode, parse_cohort
+from sidecar.errors import FlagRulesInvalid, InvalidCommand, SidecarError
+from sidecar.flag_watch import FlagWatcher
+from sidecar.telemetry.tracing import ids_of
+
+log = logging.getLogger(__name__)
+
+
+class Unauthenticated(SidecarError):
+    code = "unauthenticated"
+
+
+class Forbidden(SidecarError):
+    code = "forbidden"
+
+
+class BadRequest(InvalidCommand):
+    code = "invalid_request"
+
+
+class ModeUnavailable(SidecarError):
+    code = "mode_unavailable"
+
+
+#: one error -> HTTP status table; anything else is a 500 with code internal_error
+STATUS: tuple[tuple[type[SidecarError], int], ...] = (
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (ModeUnavailable, 409),
+    (FlagRulesInvalid, 422),
+    (InvalidCommand, 400),
+)
+
+Handler = Callable[["Call"], Awaitable[tuple[int, Any]]]
+
+
+def problem(status: int, code: str, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="ledger-sidecar"'} if status == 401 else None
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+@dataclass
+class Call:
+    """One admin request, checked: who, what, with which inputs."""
+
+    request: web.Request
+    token: Token
+    action: str
+    body: dict[str, Any]
+    query: dict[str, Any]
+    path: dict[str, Any]
+    trace_id: str | None
+
+    def audit(self, target: str | None = None, reason: str | None = None) -> AuditRecord:
+        return AuditRecord(
+            actor=self.token.name,
+            role=self.token.role.value,
+            action=self.action,
+            allowed=True,
+            target=target,
+            reason=reason or self.body.get("reason") or self.query.get("reason"),
+            trace_id=self.trace_id,
+        )
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    template: str
+    action: str
+    permission: Permission
+    body: Draft202012Validator | None
+    parameters: tuple[dict[str, Any], ...]
+    handler: Handler
+
+
+class AdminApi:
+    def __init__(
+        self,
+        store: PostgresAdminStore,
+        comparisons: PostgresComparisonStore,
+        flags: FlagWatcher,
+        available: frozenset[Mode],
+        tracer: trace.Tracer | None = None,
+        body_bytes_max: int = 65_536,
+    ) -> None:
+        self.store = store
+        self.comparisons = comparisons
+        self.flags = flags
+        self.available = available
+        self.tracer = tracer or trace.NoOpTracer()
+        self.body_bytes_max = body_bytes_max
+        handlers: dict[str, tuple[str, Handler]] = {
+            "whoami": ("token.whoami", self._whoami),
+            "getModes": ("flag.read", self._modes),
+            "evaluateMode": ("flag.evaluate", self._evaluate),
+            "setDefaultMode": ("flag.set_default", self._set_default),
+            "setCohort": ("flag.set_cohort", self._set_cohort),
+            "removeCohort": ("flag.remove_cohort", self._remove_cohort),
+            "listDivergences": ("divergence.list", self._divergences),
+            "triageDivergence": ("divergence.triage", self._triage),
+            "readAudit": ("audit.read", self._audit),
+            "listTokens": ("token.list", self._tokens),
+            "createToken": ("token.create", self._create_token),
+            "revokeToken": ("token.revoke", self._revoke_token),
+        }
+        self.routes: list[_Route] = []
+        for method, template, operation in operations():
+            action, handler = handlers[operation["operationId"]]
+            schema = (
+                operation.get("requestBody", {})
+                .get("content", {})
+                .get("application/json", {})
+                .get("schema")
+            )
+            self.routes.append(
+                _Route(
+                    method,
+                    template,
+                    action,
+                    Permission(operation["x-permission"]),
+                    Draft202012Validator(schema) if schema else None,
+                    tuple(operation.get("parameters", ())),
+                    handler,
+                )
+            )
+
+    def app(self) -> web.Application:
+        application = web.Application(
+            client_max_size=self.body_bytes_max, middlewares=[self._errors]
+        )
+        application.router.add_get(f"{PREFIX}/openapi.json", self._document)
+        for route in self.routes:
+            application.router.add_route(route.method, route.template, self._endpoint(route))
+        return application
+
+    # --- the request pipeline ---------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return problem(
+                413, "request_too_large", f"bodies are limited to {self.body_bytes_max} bytes"
+            )
+        except web.HTTPException as exc:  # no such path, method not allowed
+            code = (
+                "not_found"
+                if exc.status == 404
+                else "method_not_allowed"
+                if exc.status == 405
+                else "http_error"
+            )
+            return problem(exc.status, code, exc.reason)
+
+    async def _document(self, request: web.Request) -> web.Response:
+        return web.json_response(DOCUMENT)
+
+    def _endpoint(self, route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def endpoint(request: web.Request) -> web.Response:
+            with self.tracer.start_as_current_span(
+                f"{route.method} {route.template}", kind=trace.SpanKind.SERVER
+            ) as span:
+                trace_id, _ = ids_of(span)
+                return await self._handle(route, request, trace_id)
+
+        return endpoint
+
+    async def _handle(
+        self, route: _Route, request: web.Request, trace_id: str | None
+    ) -> web.Response:
+        token: Token | None = None
+        try:
+            token = await self._authenticate(request)
+            if not allows(token.role, route.permission):
+                raise Forbidden(
+                    f"the {token.role.value} role may not {route.permission.value} ({route.action})"
+                )
+            call = Call(
+                request,
+                token,
+                route.action,
+                await self._body(route, request),
+                _parameters(route, "query", request.query),
+                _parameters(route, "path", request.match_info),
+                trace_id,
+            )
+            status, answer = await route.handler(call)
+            return web.json_response(answer, status=status)
+        except SidecarError as exc:
+            status = next((s for kind, s in STATUS if isinstance(exc, kind)), 500)
+            await self._refused(route, token, exc, trace_id, request)
+            return problem(status, exc.code, exc.message)
+
+    async def _authenticate(self, request: web.Request) -> Token:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthenticated("an Authorization: Bearer <token> header is needed")
+        token = await self.store.authenticate(presented.strip())
+        if token is None:
+            raise Unauthenticated("the token is unknown, malformed or revoked")
+        return token
+
+    async def _body(self, route: _Route, request: web.Request) -> dict[str, Any]:
+        if route.body is None:
+            return {}
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not JSON") from None
+        error = next(iter(sorted(route.body.iter_errors(body), key=lambda e: e.path)), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "body"
+            raise BadRequest(f"{where}: {error.message}")
+        assert isinstance(body, dict)
+        return body
+
+    async def _refused(
+        self,
+        route: _Route,
+        token: Token | None,
+        exc: SidecarError,
+        trace_id: str | None,
+        request: web.Request,
+    ) -> None:
+        record = AuditRecord(
+            actor=token.name if token else "anonymous",
+            role=token.role.value if token else None,
+            action=route.action,
+            allowed=False,
+            target=request.path,
+            trace_id=trace_id,
+            refusal={"code": exc.code, "message": exc.message[:500]},
+        )
+        try:
+            await self.store.record(record)
+        except Exception:  # the refusal stands even if its record cannot be written
+            log.exception("refused admin request not recorded", extra={"event": "audit_failed"})
+
+    # --- modes ------------------------------------------------------------------------------
+
+    async def _whoami(self, call: Call) -> tuple[int, Any]:
+        return 200, {"name": call.token.name, "role": call.token.role.value, "id": call.token.id}
+
+    async def _modes(self, call: Call) -> tuple[int, Any]:
+        rules = await self.flags.refresh()
+        return 200, {**rules.document(), "available": sorted(m.value for m in self.available)}
+
+    async def _evaluate(self, call: Call) -> tuple[int, Any]:
+        return 200, self.flags.rules.evaluate(call.query["account_id"]).document()
+
+    def _check_available(self, mode: Mode) -> None:
+        if mode not in self.available:
+            raise ModeUnavailable(
+                f"this sidecar cannot serve {mode.value}: it serves "
+                + ", ".join(m.value for m in Mode if m in self.available)
+            )
+
+    async def _change(
+        self, call: Call, change: Callable[[FlagRules], FlagRules], target: str
+    ) -> tuple[int, Any]:
+        _, after, seq = await self.store.change_flag(change, call.audit(target))
+        await self.flags.refresh()
+        return 200, {**after.document(), "audit_seq": seq}
+
+    async def _set_default(self, call: Call) -> tuple[int, Any]:
+        mode = Mode(call.body["mode"])
+        self._check_available(mode)
+        return await self._change(call, lambda r: r.with_default(mode), "default")
+
+    async def _set_cohort(self, call: Call) -> tuple[int, Any]:
+        name = call.path["name"]
+        document = {k: v for k, v in call.body.items() if k != "reason"}
+        cohort = parse_cohort({"name": name, **document})
+        self._check_available(cohort.mode)
+        return await self._change(call, lambda r: r.with_cohort(cohort), f"cohort/{name}")
+
+    async def _remove_cohort(self, call: Call) -> tuple[int, Any]:
+        name = call.path["name"]
+        if (
+            self.flags.rules.cohort(name) is None
+            and (await self.flags.refresh()).cohort(name) is None
+        ):
+            raise NotFound(f"no cohort {name}")
+        return await self._change(call, lambda r: r.without_cohort(name), f"cohort/{name}")
+
+    # --- divergences ------------------------------------------------------------------------
+
+    async def _divergences(self, call: Call) -> tuple[int, Any]:
+        found = await self.comparisons.divergences(
+            call.query.get("account_id"),
+            call.query.get("after_seq", 0),
+            call.query.get("limit", 100),
+        )
+        states = await self.store.triage_states([d["seq"] for d in found])
+        open_ = {"state": "open"}
+        return 200, {"divergences": [{**d, "triage": states.get(d["seq"], open_)} for d in found]}
+
+    async def _triage(self, call: Call) -> tuple[int, Any]:
+        state, note = call.body["state"], call.body.get("note")
+        if state == "resolved" and not note:
+            raise BadRequest("note: resolving a divergence needs a note saying how")
+        answer = await self.store.triage(call.path["seq"], state, note, call.audit())
+        return 200, answer
+
+    # --- audit and tokens -------------------------------------------------------------------
+
+    async def _audit(self, call: Call) -> tuple[int, Any]:
+        records = await self.store.audit_log(
+            call.query.get("after_seq", 0), call.query.get("limit", 100), call.query.get("action")
+        )
+        return 200, {"records": records}
+
+    async def _tokens(self, call: Call) -> tuple[int, Any]:
+        return 200, {"tokens": [t.document() for t in await self.store.tokens()]}
+
+    async def _create_token(self, call: Call) -> tuple[int, Any]:
+        token, secret = await self.store.create_token(
+            call.body["name"], Role(call.body["role"]), call.audit()
+        )
+        return 201, {**token.document(), "token": secret}
+
+    async def _revoke_token(self, call: Call) -> tuple[int, Any]:
+        token = await self.store.revoke_token(call.path["token_id"], call.audit())
+        return 200, token.document()
+
+
+def _parameters(route: _Route, where: str, given: Mapping[str, str]) -> dict[str, Any]:
+    """Query or path parameters checked against their schemas; integers converted."""
+    out: dict[str, Any] = {}
+    declared = [p for p in route.parameters if p["in"] == where]
+    if where == "query":
+        unknown = set(given) - {p["name"] for p in declared}
+        if unknown:
+            raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
+    for parameter in declared:
+        name, schema = parameter["name"], parameter["schema"]
+        if name not in given:
+            if parameter.get("required"):
+                raise BadRequest(f"{name}: required")
+            continue
+        value: Any = given[name]
+        if schema.get("type") == "integer":
+            try:
+                value = int(value)
+            except ValueError:
+                raise BadRequest(f"{name}: {value!r} is not an integer") from None
+        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+        if error is not None:
+            raise BadRequest(f"{name}: {error.message}")
+        out[name] = value
+    return out
+
+
+__all__ = ["AdminApi", "problem"]
