@@ -940,22 +940,23 @@ def cutover() -> dashboard.Dashboard:
         board(
             "cutover",
             "Ledger sidecar: cutover",
-            "For the release manager: which mode answers customers, what the comparison says "
-            "about flipping, and when the mode changed.",
+            "For the release manager: which mode answers customers (the default and each "
+            "cohort), what the comparison says about flipping, and each flag change as an "
+            "annotation.",
             ["cutover"],
         )
         .annotation(
             dashboard.AnnotationQuery()
-            .name("Mode changes")
+            .name("Flag changes")
             .datasource(PROMETHEUS)
             .enable(True)
             .icon_color("orange")
-            .expr(f"changes({P}mode[2m]) > 0")
+            .expr(f"max(changes({P}flag_version[2m])) > 0")
         )
         .with_panel(
             single(
                 "Answering mode",
-                "The mode whose answer customers get (legacy, shadow).",
+                "The default mode: accounts no cohort holds are in it.",
                 promql(f"max by (mode) ({P}mode) == 1", "{{mode}}"),
                 width=6,
             ).text_mode(common.BigValueTextMode.NAME)
@@ -993,6 +994,26 @@ def cutover() -> dashboard.Dashboard:
                 ),
                 decimals=0,
                 width=6,
+            )
+        )
+        .with_panel(
+            ranking(
+                "Cohorts",
+                "Each cohort of the cutover flag and the mode its accounts are in (ledger-sidecar "
+                "admin modes lists their shares and lists).",
+                promql(f"max by (cohort, mode) ({P}cohort_mode) == 1", instant=True),
+                datasource=PROMETHEUS,
+                width=8,
+            )
+        )
+        .with_panel(
+            single(
+                "Flag version",
+                "Each change of the cutover flag makes the next version; every instance "
+                "should show the same one.",
+                promql(f"min({P}flag_version)"),
+                decimals=0,
+                width=4,
             )
         )
         .with_panel(
