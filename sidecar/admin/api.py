@@ -209,6 +209,7 @@ class AdminApi:
         self, route: _Route, request: web.Request, trace_id: str | None
     ) -> web.Response:
         token: Token | None = None
+        call: Call | None = None
         try:
             token = await self._authenticate(request)
             if not allows(token.role, route.permission):
@@ -228,7 +229,7 @@ class AdminApi:
             return web.json_response(answer, status=status)
         except SidecarError as exc:
             status = next((s for kind, s in STATUS if isinstance(exc, kind)), 500)
-            await self._refused(route, token, exc, trace_id, request)
+            await self._refused(route, token, exc, trace_id, request, call)
             return problem(status, exc.code, exc.message)
 
     async def _authenticate(self, request: web.Request) -> Token:
@@ -263,6 +264,7 @@ class AdminApi:
         exc: SidecarError,
         trace_id: str | None,
         request: web.Request,
+        call: Call | None,
     ) -> None:
         record = AuditRecord(
             actor=token.name if token else "anonymous",
@@ -270,6 +272,7 @@ class AdminApi:
             action=route.action,
             allowed=False,
             target=request.path,
+            reason=call.audit().reason if call is not None else await _claimed_reason(request),
             trace_id=trace_id,
             refusal={"code": exc.code, "message": exc.message[:500]},
         )
@@ -364,6 +367,18 @@ class AdminApi:
     async def _revoke_token(self, call: Call) -> tuple[int, Any]:
         token = await self.store.revoke_token(call.path["token_id"], call.audit())
         return 200, token.document()
+
+
+async def _claimed_reason(request: web.Request) -> str | None:
+    """The reason a refused request gave, if it gave a readable one (for its audit record)."""
+    claimed: Any = request.query.get("reason")
+    if claimed is None and request.can_read_body:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError, web.HTTPException):
+            return None
+        claimed = body.get("reason") if isinstance(body, dict) else None
+    return claimed[:500] if isinstance(claimed, str) else None
 
 
 def _parameters(route: _Route, where: str, given: Mapping[str, str]) -> dict[str, Any]:

@@ -132,6 +132,7 @@ async def test_roles_get_the_least_they_need_and_refusals_are_recorded(
         ("operator", "flag.set_default"),
         ("operator", "token.list"),
     ]
+    assert [r["reason"] for r in refused] == ["not mine", "not mine", None]
 
 
 async def test_a_mode_change_writes_one_record_with_before_after_reason_and_trace(
