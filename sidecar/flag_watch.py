@@ -53,7 +53,13 @@ class FlagWatcher:
         self._set(rules)
         return rules
 
+    def adopt(self, rules: FlagRules) -> None:
+        """Rules this process just committed: in force here at once."""
+        self._set(rules)
+
     def _set(self, rules: FlagRules) -> None:
+        if rules.version < self.rules.version:
+            return  # an older read finishing late: never go back
         if rules.version != self.rules.version or rules != self.rules:
             self.rules = rules
             if self.on_change is not None:

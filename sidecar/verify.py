@@ -148,15 +148,37 @@ async def _audit_chain(conn: Any) -> Check:
         return Check("audit_chain", True, "no audit log in this schema (before migration 0008)")
     chain = ChainChecker()
     last = 0
+    mismatch: int | None = None  # a row whose columns say other than its hashed content
     while page := await audit_trail_page(conn, last, PAGE_EVENTS):
         for row in page:
             chain.feed(row["seq"], row["content"], bytes(row["hash"]))
+            if mismatch is None and not _columns_agree(row):
+                mismatch = row["seq"]
         last = page[-1]["seq"]
     chain.finish(head["seq"], bytes(head["hash"]))
     if chain.first_break is not None:
         where = chain.first_break
         return Check("audit_chain", False, f"broken at seq {where.seq}: {where.reason}")
+    if mismatch is not None:
+        return Check(
+            "audit_chain",
+            False,
+            f"seq {mismatch}: actor, action or allowed differ from the record's hashed content",
+        )
     return Check("audit_chain", True, f"{chain.checked} admin actions, chain intact")
+
+
+def _columns_agree(row: Any) -> bool:
+    """The audit row's queryable columns say what its hashed content says."""
+    try:
+        content = json.loads(row["content"])
+    except ValueError:
+        return False
+    return bool(
+        content.get("actor") == row["actor"]
+        and content.get("action") == row["action"]
+        and content.get("allowed") == row["allowed"]
+    )
 
 
 async def verify(settings: DatabaseSettings, progress: Progress | None = None) -> VerifyReport:

@@ -1,14 +1,15 @@
 """The admin API (``/admin/v1``): modes and cohorts of the cutover flag, divergence triage,
 API tokens and the audit log, on a port of its own.
 
-Guarantees (tests/integration/test_admin_api.py, tests/integration/test_admin_fuzz.py):
+Guarantees (tests/integration/test_admin_api.py, tests/e2e/test_admin_cli.py):
 - Every request is checked against the served OpenAPI document (``sidecar.admin.openapi``)
   before anything runs: wrong types, unknown fields, missing reasons, out-of-range numbers and
   oversized bodies get a clear 4xx (``{"error": {"code", "message"}}``) and change nothing.
   A schema-driven fuzzer finds no 5xx.
 - A missing, unknown or revoked token gets 401; a token whose role lacks the permission gets
   403. Neither changes anything; both are recorded in the audit log as refused attempts, as
-  is every refused change (bad rules, unknown target).
+  is every refused change (bad rules, unknown target, a body too large). Anonymous refusals
+  are recorded up to 60 a minute; the rest are counted into the next one recorded.
 - Every change writes exactly one audit record (actor, role, action, target, reason, before,
   after, trace id, what it produced) in the transaction of its effect.
 - A mode this sidecar cannot serve (no mapping for shadow; ledger-primary and ledger-only are
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 from opentelemetry import trace
 
 from sidecar.admin.openapi import DOCUMENT, PREFIX, operations
@@ -55,12 +59,39 @@ class ModeUnavailable(SidecarError):
     code = "mode_unavailable"
 
 
+class RequestTooLarge(InvalidCommand):
+    code = "request_too_large"
+
+
+#: anonymous refusals recorded per minute; beyond that they are counted into the next record
+#: (anyone can knock without a token: the append-only log must not grow at their pace)
+ANONYMOUS_RECORDS_PER_MINUTE = 60
+
+
+def _whole_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """``pattern``, with ``$`` meaning the end of the string (Python's ``re`` also lets it
+    match before a final newline, which would let ``"name\n"`` through)."""
+    if not isinstance(instance, str):
+        return
+    if re.search(pattern, instance) is None or (pattern.endswith("$") and instance.endswith("\n")):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: JSON Schema 2020-12 as the OpenAPI document says it, with whole-string patterns
+Checker: Any = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _whole_pattern}
+)
+
+
 #: one error -> HTTP status table; anything else is a 500 with code internal_error
 STATUS: tuple[tuple[type[SidecarError], int], ...] = (
     (Unauthenticated, 401),
     (Forbidden, 403),
     (NotFound, 404),
     (ModeUnavailable, 409),
+    (RequestTooLarge, 413),
     (FlagRulesInvalid, 422),
     (InvalidCommand, 400),
 )
@@ -105,7 +136,7 @@ class _Route:
     template: str
     action: str
     permission: Permission
-    body: Draft202012Validator | None
+    body: Any  # a Checker, or None
     parameters: tuple[dict[str, Any], ...]
     handler: Handler
 
@@ -126,6 +157,8 @@ class AdminApi:
         self.available = available
         self.tracer = tracer or trace.NoOpTracer()
         self.body_bytes_max = body_bytes_max
+        self._anonymous = _Budget(ANONYMOUS_RECORDS_PER_MINUTE, 60.0)
+        self._anonymous_suppressed = 0
         handlers: dict[str, tuple[str, Handler]] = {
             "whoami": ("token.whoami", self._whoami),
             "getModes": ("flag.read", self._modes),
@@ -155,7 +188,7 @@ class AdminApi:
                     template,
                     action,
                     Permission(operation["x-permission"]),
-                    Draft202012Validator(schema) if schema else None,
+                    Checker(schema) if schema else None,
                     tuple(operation.get("parameters", ())),
                     handler,
                 )
@@ -178,19 +211,12 @@ class AdminApi:
     ) -> web.StreamResponse:
         try:
             return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            return problem(
-                413, "request_too_large", f"bodies are limited to {self.body_bytes_max} bytes"
-            )
         except web.HTTPException as exc:  # no such path, method not allowed
-            code = (
-                "not_found"
-                if exc.status == 404
-                else "method_not_allowed"
-                if exc.status == 405
-                else "http_error"
-            )
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
             return problem(exc.status, code, exc.reason)
+        except Exception:  # a bug of ours: said as such, never as a stack trace
+            log.exception("admin request failed", extra={"event": "admin_error"})
+            return problem(500, "internal_error", "the admin API failed; see its log")
 
     async def _document(self, request: web.Request) -> web.Response:
         return web.json_response(DOCUMENT)
@@ -245,16 +271,20 @@ class AdminApi:
     async def _body(self, route: _Route, request: web.Request) -> dict[str, Any]:
         if route.body is None:
             return {}
-        raw = await request.read()
         try:
-            body = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not JSON") from None
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(f"bodies are limited to {self.body_bytes_max} bytes") from None
+        try:
+            body = orjson.loads(raw) if raw else None  # strict UTF-8: no lone surrogates
+        except orjson.JSONDecodeError:
+            raise BadRequest("the body is not JSON (UTF-8)") from None
         error = next(iter(sorted(route.body.iter_errors(body), key=lambda e: e.path)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "body"
             raise BadRequest(f"{where}: {error.message}")
         assert isinstance(body, dict)
+        _no_nul(body, "body")
         return body
 
     async def _refused(
@@ -266,6 +296,14 @@ class AdminApi:
         request: web.Request,
         call: Call | None,
     ) -> None:
+        refusal: dict[str, Any] = {"code": exc.code, "message": exc.message[:500]}
+        if token is None:
+            if not self._anonymous.take():
+                self._anonymous_suppressed += 1
+                return
+            if self._anonymous_suppressed:
+                refusal["suppressed_before"] = self._anonymous_suppressed
+                self._anonymous_suppressed = 0
         record = AuditRecord(
             actor=token.name if token else "anonymous",
             role=token.role.value if token else None,
@@ -274,7 +312,7 @@ class AdminApi:
             target=request.path,
             reason=call.audit().reason if call is not None else await _claimed_reason(request),
             trace_id=trace_id,
-            refusal={"code": exc.code, "message": exc.message[:500]},
+            refusal=refusal,
         )
         try:
             await self.store.record(record)
@@ -288,7 +326,7 @@ class AdminApi:
 
     async def _modes(self, call: Call) -> tuple[int, Any]:
         rules = await self.flags.refresh()
-        return 200, {**rules.document(), "available": sorted(m.value for m in self.available)}
+        return 200, {**rules.described(), "available": sorted(m.value for m in self.available)}
 
     async def _evaluate(self, call: Call) -> tuple[int, Any]:
         return 200, self.flags.rules.evaluate(call.query["account_id"]).document()
@@ -304,8 +342,8 @@ class AdminApi:
         self, call: Call, change: Callable[[FlagRules], FlagRules], target: str
     ) -> tuple[int, Any]:
         _, after, seq = await self.store.change_flag(change, call.audit(target))
-        await self.flags.refresh()
-        return 200, {**after.document(), "audit_seq": seq}
+        self.flags.adopt(after)  # committed: in force here now, elsewhere at the next poll
+        return 200, {**after.described(), "audit_seq": seq}
 
     async def _set_default(self, call: Call) -> tuple[int, Any]:
         mode = Mode(call.body["mode"])
@@ -389,6 +427,9 @@ def _parameters(route: _Route, where: str, given: Mapping[str, str]) -> dict[str
         unknown = set(given) - {p["name"] for p in declared}
         if unknown:
             raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
+        repeated = sorted({k for k in given if len(given.getall(k)) > 1})  # type: ignore[attr-defined]
+        if repeated:
+            raise BadRequest(f"query parameters given more than once: {', '.join(repeated)}")
     for parameter in declared:
         name, schema = parameter["name"], parameter["schema"]
         if name not in given:
@@ -397,15 +438,46 @@ def _parameters(route: _Route, where: str, given: Mapping[str, str]) -> dict[str
             continue
         value: Any = given[name]
         if schema.get("type") == "integer":
-            try:
-                value = int(value)
-            except ValueError:
-                raise BadRequest(f"{name}: {value!r} is not an integer") from None
-        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+            if not re.fullmatch(r"-?[0-9]{1,19}", value):
+                raise BadRequest(f"{name}: {value!r} is not an integer")
+            value = int(value)
+        _no_nul(value, name)
+        error = next(iter(Checker(schema).iter_errors(value)), None)
         if error is not None:
             raise BadRequest(f"{name}: {error.message}")
         out[name] = value
     return out
+
+
+def _no_nul(value: Any, where: str) -> None:
+    """Text with a NUL character cannot be stored (PostgreSQL refuses it): refused up front."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(f"{where}: NUL characters are not allowed")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, where)
+            _no_nul(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _no_nul(item, f"{where}/{index}")
+
+
+class _Budget:
+    """At most ``count`` takes per ``seconds`` (a fixed window)."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        self.count, self.seconds = count, seconds
+        self.window_started, self.taken = time.monotonic(), 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if now - self.window_started >= self.seconds:
+            self.window_started, self.taken = now, 0
+        if self.taken >= self.count:
+            return False
+        self.taken += 1
+        return True
 
 
 __all__ = ["AdminApi", "problem"]

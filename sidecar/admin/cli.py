@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from sidecar.admin.api import Checker
+from sidecar.admin.openapi import DOCUMENT, PREFIX
 from sidecar.config import Settings
 from sidecar.domain.audit import AuditRecord, Role
 from sidecar.domain.flags import Mode
@@ -57,11 +60,18 @@ async def call(
             aiohttp.ClientSession(timeout=timeout) as session,
             session.request(method, f"{base}/admin/v1{path}", json=body, headers=headers) as answer,
         ):
-            document = await answer.json(content_type=None)
+            text = await answer.text()
+            try:
+                document = json.loads(text) if text else None
+            except ValueError:
+                document = None
             if answer.status >= 400:
-                error = (document or {}).get("error", {})
+                error = document.get("error", {}) if isinstance(document, dict) else {}
+                message = error.get("message") or text[:200] or answer.reason or ""
+                raise AdminRefused(answer.status, error.get("code", "http_error"), message)
+            if document is None:
                 raise AdminRefused(
-                    answer.status, error.get("code", "error"), error.get("message", "")
+                    answer.status, "not_json", f"the answer is not JSON: {text[:200]}"
                 )
             return document
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -84,7 +94,10 @@ def _modes_text(document: dict[str, Any]) -> str:
     rows = [["(default)", document["default"], "every account no cohort holds"]]
     for cohort in document["cohorts"]:
         if "percent" in cohort:
+            holds = cohort.get("holds")
             scope = f"{cohort['percent']} % of accounts (sticky)"
+            if holds and holds["from_percent"] != "0":
+                scope += f", the {holds['from_percent']}-{holds['to_percent']} % slice"
         else:
             scope = f"{len(cohort['accounts'])} listed account(s)"
         rows.append([cohort["name"], cohort["mode"], scope])
@@ -200,22 +213,29 @@ async def _token_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _bootstrap_token(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from sidecar.db.admin_store import PostgresAdminStore
+    from sidecar.db.admin_store import AdminExists, PostgresAdminStore
     from sidecar.db.connect import create_pool
     from sidecar.db.migrate import migrate
 
     if args.role != Role.ADMIN.value:
         raise ConfigError("--bootstrap: makes the first admin token only (--role admin)")
+    # the API's own rules for the name and the reason
+    body = DOCUMENT["paths"][f"{PREFIX}/tokens"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    for key, value in (("name", args.name), ("reason", args.reason)):
+        if any(True for _ in Checker(schema["properties"][key]).iter_errors(value)):
+            raise ConfigError(f"--{key}: {value!r} is not allowed (see {PREFIX}/openapi.json)")
     await migrate(settings.database)
     pool = await create_pool(settings.database)
     try:
         store = PostgresAdminStore(pool, Mode(settings.proxy.mode))
-        if await store.has_admin():
-            raise AdminRefused(
-                409, "admin_exists", "an admin token exists: ask its holder (POST /tokens)"
-            )
         record = AuditRecord("bootstrap", None, "token.create", True, reason=args.reason)
-        token, secret = await store.create_token(args.name, Role.ADMIN, record)
+        try:
+            token, secret = await store.create_first_admin(args.name, record)
+        except AdminExists as exc:
+            refusal = {"code": exc.code, "message": exc.message}
+            await store.record(replace(record, allowed=False, refusal=refusal))
+            raise
     finally:
         await pool.close()
     return {**token.document(), "token": secret}

@@ -34,6 +34,16 @@ class NotFound(InvalidCommand):
     code = "not_found"
 
 
+class AdminExists(InvalidCommand):
+    """The first admin token is made once; after that, an admin makes tokens (POST /tokens)."""
+
+    code = "admin_exists"
+
+
+#: serialises first-admin bootstraps (two at once must not both find no admin)
+_BOOTSTRAP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('ledger_sidecar.admin_bootstrap'))"
+
+
 @dataclass(frozen=True)
 class Token:
     id: str
@@ -61,6 +71,8 @@ def secret_hash(secret: str) -> bytes:
 
 def split_token(presented: str) -> tuple[str, str] | None:
     """``lsk_<id>_<secret>`` into (id, secret), or None if it is not shaped so."""
+    if not presented.isascii():  # a token is ASCII: anything else is not one of ours
+        return None
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX or len(parts[1]) != 12:
         return None
@@ -167,6 +179,36 @@ class PostgresAdminStore:
                 token_id,
                 name,
                 role.value,
+                secret_hash(secret),
+                audit.actor,
+            )
+            token = _token(row)
+            await self._append(
+                conn,
+                replace(
+                    audit, target=token_id, after=token.document(), produced={"token": token_id}
+                ),
+            )
+        return token, f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+    async def create_first_admin(self, name: str, audit: AuditRecord) -> tuple[Token, str]:
+        """The first admin token, only while no live admin token exists; checked and made in
+        one transaction under a lock, so two bootstraps at once make one token."""
+        token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+        secret = secrets.token_urlsafe(32)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_BOOTSTRAP_LOCK)
+            exists = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM api_tokens"
+                " WHERE role = 'admin' AND revoked_at IS NULL)"
+            )
+            if exists:
+                raise AdminExists("an admin token exists: ask its holder (POST /admin/v1/tokens)")
+            row = await conn.fetchrow(
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_by)"
+                " VALUES ($1, $2, 'admin', $3, $4) RETURNING *",
+                token_id,
+                name,
                 secret_hash(secret),
                 audit.actor,
             )

@@ -122,7 +122,8 @@ async def audit_trail_page(conn: asyncpg.Connection, after_seq: int, limit: int)
     """The admin audit log's rows after ``after_seq`` (migration 0008), in seq order."""
     return list(
         await conn.fetch(
-            "SELECT seq, content, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, actor, action, allowed, content, hash FROM audit_log"
+            " WHERE seq > $1 ORDER BY seq LIMIT $2",
             after_seq,
             limit,
         )

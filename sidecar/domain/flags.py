@@ -9,8 +9,10 @@ Guarantees (tests/unit/test_flags.py):
 - An account's bucket is a stable hash of the flag key and the account id (SHA-256, not
   Python's salted ``hash``): the same on every instance, after every restart.
 - Percentage cohorts are nested prefixes of one bucket order: an account is in the smallest
-  percentage cohort whose share covers its bucket. So raising a cohort from 10 % to 20 % only
-  adds accounts to it; none of its first 10 % leaves (a test over 100,000 ids).
+  percentage cohort whose share covers its bucket, so a cohort holds the slice between the next
+  smaller share and its own. Raising a cohort from 10 % to 20 % only adds accounts to it; none
+  of its first 10 % leaves (a test over 100,000 ids). A share cannot move past another
+  cohort's (that would hand one cohort's whole slice to the other): refused.
 - An explicit list wins over any percentage; an account is in at most one list (two lists
   naming it are refused, naming both).
 - Bad rules (unknown mode, a share outside 0..100 or finer than 0.01 %, two percentage cohorts
@@ -58,6 +60,7 @@ class Reason(StrEnum):
     DEFAULT = "DEFAULT"
     TARGETING_MATCH = "TARGETING_MATCH"
     SPLIT = "SPLIT"
+    ERROR = "ERROR"  # the evaluation failed: the configured mode was used
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +160,41 @@ class FlagRules:
         return FlagRules(mode, self.cohorts, self.version + 1)
 
     def with_cohort(self, cohort: Cohort) -> FlagRules:
-        """These rules with ``cohort`` added, or replacing the one of its name."""
+        """These rules with ``cohort`` added, or replacing the one of its name.
+
+        A percentage cohort's share may move, but not past another cohort's: the accounts
+        between the next smaller share and its own would all change cohort at once (raising
+        a 10 % cohort past a 15 % one would hand its first 10 % to the other)."""
+        old = self.cohort(cohort.name)
+        if old is not None and old.share_bp is not None and cohort.share_bp is not None:
+            low, high = sorted((old.share_bp, cohort.share_bp))
+            crossed = [
+                c
+                for c in self._shares
+                if c.name != cohort.name and c.share_bp is not None and low <= c.share_bp <= high
+            ]
+            if crossed:
+                other = crossed[0]
+                raise FlagRulesInvalid(
+                    f"cohorts.{cohort.name}.percent: moving from {_percent(old)} % to "
+                    f"{_percent(cohort)} % would cross cohort {other.name} ({_percent(other)} %), "
+                    "and every account of one would change cohort; change or remove "
+                    f"{other.name} first"
+                )
         kept = tuple(c for c in self.cohorts if c.name != cohort.name)
         return FlagRules(self.default, (*kept, cohort), self.version + 1)
+
+    def slice_of(self, cohort: Cohort) -> tuple[Decimal, Decimal] | None:
+        """The accounts a percentage cohort holds, as a range of percent of all accounts:
+        from the next smaller share to its own (cohorts nest)."""
+        if cohort.share_bp is None:
+            return None
+        below = [
+            c.share_bp
+            for c in self._shares
+            if c.share_bp is not None and c.share_bp < cohort.share_bp
+        ]
+        return Decimal(max(below, default=0)) / 100, Decimal(cohort.share_bp) / 100
 
     def without_cohort(self, name: str) -> FlagRules:
         if self.cohort(name) is None:
@@ -175,6 +210,19 @@ class FlagRules:
             "cohorts": [c.document() for c in self.cohorts],
         }
 
+    def described(self) -> dict[str, Any]:
+        """The document, each percentage cohort with the slice of accounts it holds."""
+        out = self.document()
+        for entry, cohort in zip(out["cohorts"], self.cohorts, strict=True):
+            held = self.slice_of(cohort)
+            if held is not None:
+                entry["holds"] = {"from_percent": str(held[0]), "to_percent": str(held[1])}
+        return out
+
+
+def _percent(cohort: Cohort) -> str:
+    return str(Decimal(cohort.share_bp or 0) / 100)
+
 
 def _share(cohort: Cohort) -> int:
     assert cohort.share_bp is not None
@@ -183,7 +231,8 @@ def _share(cohort: Cohort) -> int:
 
 def bucket(account_id: str, flag_key: str = FLAG_KEY) -> int:
     """The account's place in ``0 .. BUCKETS - 1``: stable across processes and releases."""
-    digest = hashlib.sha256(f"{flag_key}\x00{account_id}".encode()).digest()
+    # surrogatepass: an id read from a header of non-UTF-8 bytes still has a bucket
+    digest = hashlib.sha256(f"{flag_key}\x00{account_id}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
@@ -200,7 +249,7 @@ def parse_cohort(document: Mapping[str, Any]) -> Cohort:
     if not isinstance(document, Mapping):
         raise FlagRulesInvalid("cohort: an object with name, mode, and accounts or percent")
     name = document.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise FlagRulesInvalid(
             f"cohorts.name: {name!r} is not a name (lower case letters, digits, - and _, "
             "starting with a letter, at most 63)"

@@ -62,6 +62,7 @@ FRAMING = frozenset({"content-length", "host"})
 SIDECAR_PREFIX = "/_sidecar/"
 #: one ``request_completed`` line per customer request (sidecar.telemetry.logs)
 requests_log = logging.getLogger("sidecar.requests")
+log = logging.getLogger(__name__)
 PARTITION_FIELDS = ("debit", "account", "reverses", "key")
 #: the fields that name the account a request is about (its tier, its log lines)
 ACCOUNT_FIELDS = ("debit", "account")
@@ -287,7 +288,7 @@ class Proxy:
             if matched is not None:
                 view = _Fields(matched, body, request.headers)
             # the request's mode: its (paying) account's, by the cutover flag
-            evaluation = self.mode_of(view.first(ACCOUNT_FIELDS) if view is not None else None)
+            evaluation = self._mode(view.first(ACCOUNT_FIELDS) if view is not None else None)
             forwarded = end_to_end(request.headers)
             mirrored = await self._mirror_intent(
                 request, forwarded, body, view, trace_id, span_id, sampled, evaluation.variant
@@ -363,7 +364,7 @@ class Proxy:
                 self.stats.slow += 1
             account = view.first(ACCOUNT_FIELDS) if view is not None else None
             if evaluation is None:
-                evaluation = self.mode_of(account)
+                evaluation = self._mode(account)
             mode = evaluation.variant.value
             tier = None
             if self.metrics is not None:
@@ -392,6 +393,15 @@ class Proxy:
                         "span_id": span_id,
                     },
                 )
+
+    def _mode(self, account: str | None) -> Evaluation:
+        """The flag's verdict for ``account``; never fails the customer (a failed evaluation
+        is the configured mode, reason ERROR)."""
+        try:
+            return self.mode_of(account)
+        except Exception:
+            log.exception("flag evaluation failed", extra={"event": "flag_watch"})
+            return Evaluation(FLAG_KEY, Mode(self.settings.mode), Reason.ERROR)
 
     def _legacy_call(
         self, operation: str, outcome: str, seconds: float, trace_id: str | None

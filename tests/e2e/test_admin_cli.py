@@ -100,6 +100,7 @@ def test_the_operator_shell_over_the_admin_api(
     records = json.loads(audit.stdout)["records"]
     assert [(r["action"], r["allowed"]) for r in records] == [
         ("token.create", True),  # the bootstrap
+        ("token.create", False),  # the second bootstrap, refused
         ("flag.set_cohort", True),
         ("flag.set_default", False),  # ledger-primary: not available
         ("token.create", True),
@@ -110,7 +111,7 @@ def test_the_operator_shell_over_the_admin_api(
 
     verified = cli("ledger", "verify", "--json", env=env)
     checks = {c["name"]: c for c in json.loads(verified.stdout)["checks"]}
-    assert checks["audit_chain"]["ok"] and "5 admin actions" in checks["audit_chain"]["detail"]
+    assert checks["audit_chain"]["ok"] and "6 admin actions" in checks["audit_chain"]["detail"]
 
     down = cli("admin", "--url", f"http://127.0.0.1:{free_port()}", "modes", env=env)
     assert down.returncode == 3

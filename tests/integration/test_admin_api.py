@@ -324,3 +324,63 @@ async def test_the_openapi_document_is_served_without_a_token(
         document = await answer.json()
     assert document["openapi"] == "3.1.0"
     assert "/admin/v1/modes/default" in document["paths"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "/tokens",
+            b'{"name": "' + b"a" * 100 + b'\\n", "role": "viewer", "reason": "x1y"}',
+        ),
+        ("PUT", "/modes/default", b'{"mode": "shadow", "reason": "abc\\ud800"}'),
+        ("PUT", "/modes/default", b'{"mode": "shadow", "reason": "abc\\u0000"}'),
+        ("PUT", "/modes/cohorts/abc%0A", b'{"mode": "shadow", "percent": 1, "reason": "abc"}'),
+        ("GET", "/divergences?limit=1&limit=abc", None),
+        ("GET", "/divergences?after_seq=1_0", None),
+        ("GET", "/divergences?after_seq=99999999999999999999999", None),
+    ],
+)
+async def test_odd_input_is_a_4xx_never_a_5xx(
+    settings: Settings,
+    db: DatabaseSettings,
+    pool: asyncpg.Pool,
+    legacy_url: str,
+    stack: Any,
+    method: str,
+    path: str,
+    body: bytes | None,
+) -> None:
+    one = await start(settings, db, legacy_url, stack)
+    admin = await token(pool, Role.ADMIN)
+    status, answer = await one.call(method, path, admin, data=body)
+    assert 400 <= status < 500, answer
+    assert answer["error"]["code"] and answer["error"]["message"]
+    assert (await PostgresAdminStore(pool, Mode.LEGACY).flag_rules()).version == 0
+
+
+async def test_a_token_of_non_ascii_bytes_is_a_401(
+    settings: Settings, db: DatabaseSettings, legacy_url: str, stack: Any
+) -> None:
+    one = await start(settings, db, legacy_url, stack)
+    reader, writer = await asyncio.open_connection("127.0.0.1", one.sidecar.admin_port)
+    writer.write(
+        b"GET /admin/v1/modes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer lsk_abcdefghijkl_\xff\xfe\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+async def test_anonymous_knocking_is_recorded_at_a_bounded_pace(
+    settings: Settings, db: DatabaseSettings, pool: asyncpg.Pool, legacy_url: str, stack: Any
+) -> None:
+    one = await start(settings, db, legacy_url, stack)
+    for _ in range(75):
+        status, _ = await one.call("GET", "/modes", None)
+        assert status == 401
+    records = await audit(pool)
+    assert len(records) == 60  # one minute's allowance; the other 15 are counted, not kept

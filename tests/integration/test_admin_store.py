@@ -4,10 +4,12 @@ log is append-only and hash-chained, and `ledger verify` finds tampering."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from sidecar.config import DatabaseSettings
-from sidecar.db.admin_store import NotFound, PostgresAdminStore, split_token
+from sidecar.db.admin_store import AdminExists, NotFound, PostgresAdminStore, split_token
 from sidecar.domain.audit import AuditRecord, Role
 from sidecar.domain.flags import Mode, parse_cohort
 from sidecar.errors import FlagRulesInvalid
@@ -111,3 +113,29 @@ async def test_verify_checks_the_audit_chain_and_finds_tampering(
     report = await verify(db)
     assert not report.check("audit_chain").ok
     assert "broken at seq 4" in report.check("audit_chain").detail
+
+
+async def test_two_bootstraps_at_once_make_one_admin(pool: asyncpg.Pool) -> None:
+    store = PostgresAdminStore(pool, Mode.SHADOW)
+    record = AuditRecord("bootstrap", None, "token.create", True, reason="first")
+    results = await asyncio.gather(
+        *(store.create_first_admin(f"root{n}", record) for n in range(4)), return_exceptions=True
+    )
+    made = [r for r in results if not isinstance(r, BaseException)]
+    assert len(made) == 1
+    assert all(isinstance(r, AdminExists) for r in results if isinstance(r, BaseException))
+    admins = await pool.fetchval("SELECT count(*) FROM api_tokens WHERE role = 'admin'")
+    assert admins == 1 and await audit_count(pool) == 1
+
+
+async def test_verify_finds_a_row_whose_columns_disagree_with_its_content(
+    pool: asyncpg.Pool, db: DatabaseSettings
+) -> None:
+    store = PostgresAdminStore(pool, Mode.SHADOW)
+    await store.record(action("flag.set_default"))
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        await conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+    check = (await verify(db)).check("audit_chain")
+    assert not check.ok and "seq 1: actor, action or allowed differ" in check.detail

@@ -143,3 +143,26 @@ def test_each_change_makes_the_next_version_and_round_trips_through_its_document
 def test_modes_are_ordered_as_cutover_steps() -> None:
     assert [m.step for m in Mode] == [0, 1, 2, 3]
     assert Mode.LEDGER_PRIMARY.step > Mode.SHADOW.step
+
+
+def test_a_share_cannot_move_past_another_cohorts() -> None:
+    rules = FlagRules(
+        Mode.SHADOW, (share("wave", "10", Mode.LEDGER_PRIMARY), share("hold", "15", Mode.LEGACY))
+    )
+    with pytest.raises(FlagRulesInvalid, match=r"would cross cohort hold \(15 %\)"):
+        rules.with_cohort(share("wave", "20", Mode.LEDGER_PRIMARY))
+    with pytest.raises(FlagRulesInvalid, match="would cross cohort wave"):
+        rules.with_cohort(share("hold", "5", Mode.LEGACY))
+    # within its neighbours it moves freely, and the slices say who holds what
+    moved = rules.with_cohort(share("wave", "12.5", Mode.LEDGER_PRIMARY))
+    held = {c["name"]: c["holds"] for c in moved.described()["cohorts"]}
+    assert held == {
+        "wave": {"from_percent": "0", "to_percent": "12.5"},
+        "hold": {"from_percent": "12.5", "to_percent": "15"},
+    }
+
+
+def test_names_with_a_trailing_newline_are_refused_and_odd_ids_still_have_a_bucket() -> None:
+    with pytest.raises(FlagRulesInvalid, match="is not a name"):
+        parse_cohort({"name": "abc\n", "mode": "shadow", "percent": 1})
+    assert 0 <= bucket("ACC-\udcff") < BUCKETS  # a header's non-UTF-8 byte, as aiohttp gives it
