@@ -36,11 +36,13 @@ from sidecar.db.migrate import migrate
 from sidecar.db.mirror_store import PostgresMirrorLog, save_capture_counts
 from sidecar.db.slo_store import save_thresholds
 from sidecar.domain.flags import Evaluation, Mode
+from sidecar.domain.readiness import Report
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.flag_watch import FlagWatcher
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
 from sidecar.proxy.app import Proxy, legacy_session
+from sidecar.readiness import readiness
 from sidecar.slo_file import load_slo_file
 from sidecar.telemetry.endpoint import METRICS_PATH, WorkerScrape, metrics_handler
 from sidecar.telemetry.metrics import (
@@ -234,9 +236,8 @@ class Sidecar:
             routes = None
             if settings.proxy.mapping:
                 routes = load_route_table(settings.proxy.mapping)
-            latency_slo_s = load_slo_file(settings.telemetry.slo_file).threshold(
-                "latency", LATENCY_SLO_S
-            )
+            slos = load_slo_file(settings.telemetry.slo_file)
+            latency_slo_s = slos.threshold("latency", LATENCY_SLO_S)
             proxy_metrics = ProxyMetrics(
                 self.metrics,
                 AccountLabels(settings.telemetry),
@@ -305,6 +306,12 @@ class Sidecar:
             await web.TCPSite(self.runner, settings.proxy.host, settings.proxy.port).start()
             # 5. the admin API, on its own port
             if settings.admin.enabled and self.flags is not None and pool is not None:
+                flags, mapped, shared = self.flags, routes, pool
+
+                async def report(cohort: str | None) -> Report:
+                    assert mapped is not None
+                    return await readiness(shared, settings, mapped, slos, flags.rules, cohort)
+
                 admin = AdminApi(
                     self.flags.store,
                     PostgresComparisonStore(pool),
@@ -312,6 +319,7 @@ class Sidecar:
                     frozenset({Mode.LEGACY, Mode.SHADOW}),  # ledger-primary: not built yet
                     self.tracer,
                     settings.admin.body_bytes_max,
+                    report,
                 )
                 self.admin_runner = web.AppRunner(admin.app(), access_log=None)
                 await self.admin_runner.setup()

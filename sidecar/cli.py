@@ -21,6 +21,7 @@ from typing import Any
 from sidecar import __version__, config, runtime
 from sidecar.admin.cli import AdminUnreachable
 from sidecar.admin.cli import add_parsers as add_admin_parsers
+from sidecar.admin.cli import add_top_level as add_release_commands
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, DatabaseUnreachable, SidecarError
 from sidecar.report import progress, table
@@ -342,6 +343,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.db.connect import create_pool
+    from sidecar.db.migrate import migrate
     from sidecar.mapping_file import load_route_table
     from sidecar.reconcile import reconcile
 
@@ -349,6 +351,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if mapping is None:
         raise ConfigError("proxy.mapping: reconcile reads balances through the mapping")
     legacy_url = settings.proxy.legacy_url.rstrip("/")
+    await migrate(settings.database)  # the sweep is recorded (reconcile_runs, migration 0008)
     pool = await create_pool(settings.database)
     try:
         report = await reconcile(
@@ -722,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_demo_traffic)
 
     add_admin_parsers(groups)
+    add_release_commands(groups)
 
     p = groups.add_parser(
         "bootstrap",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from sidecar.domain.readiness import Thresholds
 from sidecar.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -168,6 +169,8 @@ class Settings:
     applier: ApplierSettings = field(default_factory=ApplierSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    #: what the cutover readiness report asks for (sidecar.domain.readiness)
+    readiness: Thresholds = field(default_factory=Thresholds)
     log_level: str = "INFO"
 
 
@@ -285,6 +288,16 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
         "body_bytes_max": lambda k, v: _positive_int(k, v, maximum=16 * 1024 * 1024),
         "flag_poll_s": lambda k, v: _positive_float(k, v, maximum=60.0),
     },
+    "readiness": {
+        "window_hours": lambda k, v: _positive_float(k, v, maximum=24 * 90.0),
+        "clean_comparisons_min": lambda k, v: _positive_int(k, v, maximum=10**9),
+        "budget_left_min": lambda k, v: _non_negative_float(k, v, maximum=1.0),
+        "shadow_lag_p99_s_max": lambda k, v: _positive_float(k, v, maximum=86_400.0),
+        "in_doubt_max": lambda k, v: _count(k, v),
+        "reconciliation_age_hours_max": lambda k, v: _positive_float(k, v, maximum=24 * 90.0),
+        "shadow_hours_min": lambda k, v: _non_negative_float(k, v, maximum=24 * 365.0),
+        "coverage_routes_exempt": lambda k, v: tuple(_route_names(k, v)),
+    },
     "telemetry": {
         "account_tiers": lambda k, v: _account_tiers(k, v),
         "default_account_tier": lambda k, v: _label_value(k, v),
@@ -354,6 +367,18 @@ def _port(key: str, value: object) -> int:
     return value
 
 
+def _count(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+        raise ConfigError(f"{key}: must be an integer from 0 to {10**9}, got {value!r}")
+    return value
+
+
+def _route_names(key: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{key}: must be a list of route names, got {value!r}")
+    return [v.strip() for v in value]
+
+
 def _boolean(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: must be true or false, got {value!r}")
@@ -384,6 +409,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         "applier",
         "telemetry",
         "admin",
+        "readiness",
         "log_level",
     }
     if unknown:
@@ -419,6 +445,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             "configured tier; the default is for accounts no tier names"
         )
     admin = _section(AdminSettings, "admin", data.get("admin", {}))
+    readiness = _section(Thresholds, "readiness", data.get("readiness", {}))
     log_level = _log_level("log_level", data.get("log_level", environ.get("LOG_LEVEL", "INFO")))
     return Settings(
         database=database,
@@ -428,6 +455,7 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         applier=applier,
         telemetry=telemetry,
         admin=admin,
+        readiness=readiness,
         log_level=log_level,
     )
 

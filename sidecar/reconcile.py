@@ -34,6 +34,9 @@ from sidecar.domain.comparison import legacy_decimal
 from sidecar.domain.mapping import MISSING, Operation, Origin, RouteTable, extract
 from sidecar.errors import InvalidAmount, SidecarError
 
+SAVE_RUN = """
+INSERT INTO reconcile_runs (accounts, matched, drifted, unreadable) VALUES ($1, $2, $3, $4)
+"""
 FIRST_SPLIT = """
 SELECT min(seq) FROM comparisons
 WHERE outcome = 'mismatch' AND (account_id = $1 OR accounts @> ARRAY[$1])
@@ -158,6 +161,10 @@ async def reconcile(
 
         await asyncio.gather(*(one(a) for a in everyone))
     report.drifted.sort(key=lambda d: d.account_id)
+    async with pooled(pool) as conn:  # the readiness report's "last sweep" (migration 0008)
+        await conn.execute(
+            SAVE_RUN, report.accounts, report.matched, len(report.drifted), len(report.unreadable)
+        )
     return report
 
 

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ from sidecar.db.admin_store import NotFound, PostgresAdminStore, Token
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.domain.audit import AuditRecord, Permission, Role, allows
 from sidecar.domain.flags import FlagRules, Mode, parse_cohort
+from sidecar.domain.readiness import Report, Verdict
 from sidecar.errors import FlagRulesInvalid, InvalidCommand, SidecarError
 from sidecar.flag_watch import FlagWatcher
 from sidecar.telemetry.tracing import ids_of
@@ -61,6 +62,20 @@ class ModeUnavailable(SidecarError):
 
 class RequestTooLarge(InvalidCommand):
     code = "request_too_large"
+
+
+class NotReady(SidecarError):
+    """A forward flip refused: the readiness verdict is not GO."""
+
+    code = "not_ready"
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(f"readiness is {report.verdict.value}: {report.reason}")
+        self.report = report
+
+
+#: modes where the ledger answers customers: stepping into one needs a GO
+GATED = frozenset({Mode.LEDGER_PRIMARY, Mode.LEDGER_ONLY})
 
 
 #: anonymous refusals recorded per minute; beyond that they are counted into the next record
@@ -91,6 +106,7 @@ STATUS: tuple[tuple[type[SidecarError], int], ...] = (
     (Forbidden, 403),
     (NotFound, 404),
     (ModeUnavailable, 409),
+    (NotReady, 409),
     (RequestTooLarge, 413),
     (FlagRulesInvalid, 422),
     (InvalidCommand, 400),
@@ -150,7 +166,10 @@ class AdminApi:
         available: frozenset[Mode],
         tracer: trace.Tracer | None = None,
         body_bytes_max: int = 65_536,
+        readiness: Callable[[str | None], Awaitable[Report]] | None = None,
     ) -> None:
+        #: the readiness report of a scope (None: everyone; else a cohort's name)
+        self.readiness = readiness
         self.store = store
         self.comparisons = comparisons
         self.flags = flags
@@ -166,6 +185,8 @@ class AdminApi:
             "setDefaultMode": ("flag.set_default", self._set_default),
             "setCohort": ("flag.set_cohort", self._set_cohort),
             "removeCohort": ("flag.remove_cohort", self._remove_cohort),
+            "readiness": ("readiness.read", self._readiness),
+            "flip": ("flag.flip", self._flip),
             "listDivergences": ("divergence.list", self._divergences),
             "triageDivergence": ("divergence.triage", self._triage),
             "readAudit": ("audit.read", self._audit),
@@ -256,7 +277,13 @@ class AdminApi:
         except SidecarError as exc:
             status = next((s for kind, s in STATUS if isinstance(exc, kind)), 500)
             await self._refused(route, token, exc, trace_id, request, call)
-            return problem(status, exc.code, exc.message)
+            answer = problem(status, exc.code, exc.message)
+            if isinstance(exc, NotReady):  # the verdict explains the refusal
+                body = {"error": {"code": exc.code, "message": exc.message}}
+                answer = web.json_response(
+                    {**body, "readiness": exc.report.document()}, status=status
+                )
+            return answer
 
     async def _authenticate(self, request: web.Request) -> Token:
         header = request.headers.get("Authorization", "")
@@ -313,6 +340,7 @@ class AdminApi:
             reason=call.audit().reason if call is not None else await _claimed_reason(request),
             trace_id=trace_id,
             refusal=refusal,
+            evidence=exc.report.document() if isinstance(exc, NotReady) else None,
         )
         try:
             await self.store.record(record)
@@ -365,6 +393,74 @@ class AdminApi:
         ):
             raise NotFound(f"no cohort {name}")
         return await self._change(call, lambda r: r.without_cohort(name), f"cohort/{name}")
+
+    # --- readiness and the flip -------------------------------------------------------------
+
+    async def _report(self, cohort: str | None) -> Report:
+        if self.readiness is None:
+            raise ModeUnavailable("this sidecar has no readiness report (no mapping)")
+        await self.flags.refresh()
+        return await self.readiness(cohort)
+
+    async def _readiness(self, call: Call) -> tuple[int, Any]:
+        return 200, (await self._report(call.query.get("cohort"))).document()
+
+    async def _flip(self, call: Call) -> tuple[int, Any]:
+        to, cohort = Mode(call.body["to"]), call.body.get("cohort")
+        dry_run, force = bool(call.body.get("dry_run")), bool(call.body.get("force"))
+        rules = await self.flags.refresh()
+        scope = rules.cohort(cohort) if cohort is not None else None
+        if cohort is not None and scope is None:
+            raise NotFound(f"no cohort {cohort}: make it with PUT /modes/cohorts/{cohort}")
+        current = scope.mode if scope is not None else rules.default
+        self._check_available(to)
+        forward = to.step > current.step
+        gated = forward and to in GATED
+        report = await self._report(cohort) if gated else None
+        blocked = report is not None and report.verdict is not Verdict.GO
+        if blocked and force and not allows(call.token.role, Permission.FORCE_FLIP):
+            raise Forbidden(
+                f"forcing a flip past readiness needs the admin role, not {call.token.role.value}"
+            )
+        failing = [c.name for c in report.checks if not c.ok] if report is not None else []
+        plan = {
+            "scope": f"cohort {cohort}" if cohort else "default",
+            "from": current.value,
+            "to": to.value,
+            "forward": forward,
+            "gated": gated,
+            "verdict": report.verdict.value if report is not None else None,
+            "forced": blocked and force,
+            "failing_checks": failing if blocked else [],
+        }
+        if dry_run:
+            would = "would be refused" if blocked and not force else "would apply"
+            return 200, {
+                **plan,
+                "dry_run": True,
+                "outcome": would,
+                "readiness": report.document() if report is not None else None,
+            }
+        if blocked and not force:
+            assert report is not None
+            raise NotReady(report)
+
+        def flip(rules: FlagRules) -> FlagRules:
+            if cohort is None:
+                return rules.with_default(to)
+            held = rules.cohort(cohort)
+            if held is None:
+                raise NotFound(f"no cohort {cohort}")
+            return rules.with_cohort(replace(held, mode=to))
+
+        audit = replace(
+            call.audit("default" if cohort is None else f"cohort/{cohort}"),
+            evidence=report.document() if report is not None else None,
+            produced={"forced": plan["forced"], "failing_checks": plan["failing_checks"]},
+        )
+        _, after, seq = await self.store.change_flag(flip, audit)
+        self.flags.adopt(after)
+        return 200, {**plan, "dry_run": False, "flag_version": after.version, "audit_seq": seq}
 
     # --- divergences ------------------------------------------------------------------------
 

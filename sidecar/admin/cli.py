@@ -6,8 +6,9 @@ disagree): the token comes from ``LEDGER_SIDECAR_TOKEN``, the address from ``--u
 first admin token straight to the database, and only while no admin token exists (the API
 needs a token to make one); it is audited as actor ``bootstrap``.
 
-Exit codes: 0 done; 1 refused (the API's error code and message are printed); 2 bad usage or
-no token; 3 the admin API or the database cannot be reached.
+Exit codes: 0 done (``readiness``: GO); 1 refused (the API's error code and message are
+printed); 2 bad usage or no token; 3 the admin API or the database cannot be reached;
+``readiness`` also 4 for INCONCLUSIVE and 5 for NO-GO.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -35,10 +37,12 @@ TOKEN_ENV = "LEDGER_SIDECAR_TOKEN"
 class AdminRefused(SidecarError):
     """The admin API refused the request; ``code`` is its error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, document: Any = None) -> None:
         super().__init__(f"{status} {message}")
         self.code = code
         self.status = status
+        #: the API's whole answer (a refused flip carries the readiness report)
+        self.document = document
 
 
 class AdminUnreachable(SidecarError):
@@ -68,7 +72,8 @@ async def call(
             if answer.status >= 400:
                 error = document.get("error", {}) if isinstance(document, dict) else {}
                 message = error.get("message") or text[:200] or answer.reason or ""
-                raise AdminRefused(answer.status, error.get("code", "http_error"), message)
+                code = error.get("code", "http_error")
+                raise AdminRefused(answer.status, code, message, document)
             if document is None:
                 raise AdminRefused(
                     answer.status, "not_json", f"the answer is not JSON: {text[:200]}"
@@ -254,6 +259,95 @@ async def _whoami(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _readiness_text(document: dict[str, Any]) -> str:
+    marks = {"pass": "ok", "fail": "FAIL", "inconclusive": "?"}
+    rows = [
+        [
+            c["name"],
+            marks[c["status"]],
+            _plain(c["value"]),
+            _plain(c["threshold"]),
+            c["window"],
+            c["detail"],
+        ]
+        for c in document["checks"]
+    ]
+    head = f"readiness of {document['scope']}: {document['verdict']} ({document['reason']})"
+    return (
+        head + "\n\n" + table(["check", "result", "value", "threshold", "window", "detail"], rows)
+    )
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+async def _readiness(settings: Settings, args: argparse.Namespace) -> int:
+    document = await call(settings, args, "GET", "/readiness" + _query(cohort=args.cohort))
+    _print(args, document, _readiness_text(document))
+    return {"GO": 0, "INCONCLUSIVE": 4}.get(document["verdict"], 5)
+
+
+async def _flip(settings: Settings, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"to": args.to, "reason": args.reason}
+    for key in ("cohort",):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.dry_run:
+        body["dry_run"] = True
+    if args.force:
+        body["force"] = True
+    try:
+        document = await call(settings, args, "POST", "/flip", body)
+    except AdminRefused as exc:
+        if exc.code == "not_ready" and exc.document is not None and not args.json:
+            print(_readiness_text(exc.document["readiness"]), file=sys.stderr)
+        raise
+    what = f"{document['scope']}: {document['from']} -> {document['to']}"
+    if document["dry_run"]:
+        text = f"dry run, nothing changed: {what} {document['outcome']}"
+        if document.get("readiness"):
+            text += "\n\n" + _readiness_text(document["readiness"])
+    else:
+        forced = (
+            " (FORCED past: " + ", ".join(document["failing_checks"]) + ")"
+            if document["forced"]
+            else ""
+        )
+        version, seq = document["flag_version"], document["audit_seq"]
+        text = f"flipped {what}{forced}; flag version {version} (audit record {seq})"
+    _print(args, document, text)
+    return 0
+
+
+def add_top_level(groups: Any) -> None:
+    """``readiness`` and ``flip``: the release manager's two commands, over the admin API."""
+    p = groups.add_parser(
+        "readiness", help="the cutover verdict: GO, NO-GO or INCONCLUSIVE, with each check"
+    )
+    p.add_argument("--cohort", help="a cohort of the flag (default: everyone)")
+    p.add_argument("--url", help="the admin API (default: http://<admin.host>:<admin.port>)")
+    p.add_argument("--json", action="store_true", help="verdict and checks as JSON")
+    p.set_defaults(handler=_readiness)
+    p = groups.add_parser(
+        "flip", help="move the default or a cohort to a mode; forward into the ledger needs GO"
+    )
+    p.add_argument("--to", required=True, choices=[m.value for m in Mode])
+    p.add_argument("--cohort", help="a cohort of the flag (default: the default mode)")
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    p.add_argument(
+        "--force", action="store_true", help="past a failing verdict (admin only; recorded)"
+    )
+    p.add_argument("--url", help="the admin API (default: http://<admin.host>:<admin.port>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_flip)
+
+
 def add_parsers(groups: Any) -> None:
     """The ``admin`` command group."""
     admin = groups.add_parser(
@@ -318,4 +412,4 @@ def add_parsers(groups: Any) -> None:
     p.set_defaults(handler=_token_revoke)
 
 
-__all__ = ["AdminRefused", "AdminUnreachable", "add_parsers", "call"]
+__all__ = ["AdminRefused", "AdminUnreachable", "add_parsers", "add_top_level", "call"]

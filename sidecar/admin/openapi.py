@@ -157,6 +157,34 @@ DOCUMENT: dict[str, Any] = {
                 errors=(404, 409, 422),
             ),
         },
+        f"{PREFIX}/readiness": {
+            "get": _operation(
+                "readiness",
+                "the cutover verdict (GO, NO-GO, INCONCLUSIVE) with each check's evidence",
+                "read",
+                parameters=[_query("cohort", COHORT_NAME)],
+                errors=(404,),
+            ),
+        },
+        f"{PREFIX}/flip": {
+            "post": _operation(
+                "flip",
+                "move the default or a cohort to another mode; a step into a mode where the "
+                "ledger answers needs a GO (or force, by an admin); back is always allowed",
+                "change_mode",
+                body=_body(
+                    {
+                        "to": MODE,
+                        "cohort": COHORT_NAME,
+                        "reason": REASON,
+                        "dry_run": {"type": "boolean", "default": False},
+                        "force": {"type": "boolean", "default": False},
+                    },
+                    ["to", "reason"],
+                ),
+                errors=(404, 409, 422),
+            ),
+        },
         f"{PREFIX}/divergences": {
             "get": _operation(
                 "listDivergences",

@@ -125,7 +125,7 @@ class PostgresAdminStore:
                 audit,
                 before=before.document(),
                 after=after.document(),
-                produced={"flag_version": after.version},
+                produced={**(audit.produced or {}), "flag_version": after.version},
             )
             seq = await self._append(conn, record)
             return before, after, seq

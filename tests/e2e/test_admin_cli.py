@@ -113,6 +113,21 @@ def test_the_operator_shell_over_the_admin_api(
     checks = {c["name"]: c for c in json.loads(verified.stdout)["checks"]}
     assert checks["audit_chain"]["ok"] and "6 admin actions" in checks["audit_chain"]["detail"]
 
+    ready = cli("readiness", env=env)
+    assert ready.returncode == 4, ready.stderr  # INCONCLUSIVE: nothing compared yet
+    assert "readiness of everyone: INCONCLUSIVE" in ready.stdout
+    assert "monetary_divergences" in ready.stdout and "time_in_shadow" in ready.stdout
+    dry = cli("flip", "--to", "shadow", "--dry-run", *reason, env=env)
+    assert (
+        dry.returncode == 0 and "dry run, nothing changed: default: legacy -> shadow" in dry.stdout
+    )
+    flipped = cli("flip", "--to", "shadow", *reason, env=env)
+    assert flipped.returncode == 0 and "flipped default: legacy -> shadow" in flipped.stdout
+    back = cli("flip", "--to", "legacy", *reason, env=env)
+    assert back.returncode == 0, back.stderr
+    unavailable = cli("flip", "--to", "ledger-primary", *reason, env=env)
+    assert unavailable.returncode == 1 and "mode_unavailable" in unavailable.stderr
+
     down = cli("admin", "--url", f"http://127.0.0.1:{free_port()}", "modes", env=env)
     assert down.returncode == 3
     # legacy mode with a mapping: the worker runs, ready for the flag to turn shadowing on

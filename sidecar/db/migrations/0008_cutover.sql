@@ -76,3 +76,13 @@ BEGIN
     UPDATE audit_head SET seq = v_seq, hash = v_hash;
     RETURN v_seq;
 END $$;
+
+-- each reconciliation sweep's result, for the readiness report's "last sweep clean" check
+CREATE TABLE reconcile_runs (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    accounts    integer NOT NULL CHECK (accounts >= 0),
+    matched     integer NOT NULL CHECK (matched >= 0),
+    drifted     integer NOT NULL CHECK (drifted >= 0),
+    unreadable  integer NOT NULL CHECK (unreadable >= 0)
+);
