@@ -14,8 +14,9 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
-from tests.e2e.test_cli import ROOT
+from tests.e2e.test_cli import ROOT, schema  # noqa: F401 - the fixture
 
 
 class Legacy(BaseHTTPRequestHandler):
@@ -53,12 +54,18 @@ def free_port() -> int:
         return port
 
 
-def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled() -> None:
+def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled(
+    schema: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     legacy = HTTPServer(("127.0.0.1", 0), Legacy)
     threading.Thread(target=legacy.serve_forever, daemon=True).start()
     port = free_port()
+    config = tmp_path / "sidecar.toml"  # its own schema, and any free port for the admin API
+    config.write_text(f'[database]\nschema = "{schema}"\n[admin]\nport = 0\n')
     env = {
         **os.environ,
+        "LEDGER_SIDECAR_CONFIG": str(config),
         "LEGACY_URL": f"http://127.0.0.1:{legacy.server_address[1]}",
         "OTEL_SDK_DISABLED": "true",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there

@@ -108,12 +108,12 @@ async def test_a_real_scrape_passes_promtool_and_reads_zero_before_traffic(
 
 
 async def _legacy_mode_sidecar(
-    settings: Settings, telemetry: TelemetrySettings, legacy_url: str
+    settings: Settings, db: DatabaseSettings, telemetry: TelemetrySettings, legacy_url: str
 ) -> Sidecar:
     proxy = replace(
         settings.proxy, legacy_url=legacy_url, port=0, mode="legacy", mapping=str(MAPPING)
     )
-    sidecar = Sidecar(replace(settings, proxy=proxy, telemetry=telemetry))
+    sidecar = Sidecar(replace(settings, database=db, proxy=proxy, telemetry=telemetry))
     await sidecar.start()
     return sidecar
 
@@ -130,7 +130,7 @@ async def _balances(base: str, accounts: list[str]) -> None:
 
 
 async def test_series_do_not_grow_with_accounts_and_stay_under_the_budget(
-    settings: Settings,
+    settings: Settings, db: DatabaseSettings
 ) -> None:
     legacy = LegacyService(FaultRates(), seed=1)
     legacy.seed_accounts(3000)
@@ -141,7 +141,7 @@ async def test_series_do_not_grow_with_accounts_and_stay_under_the_budget(
         account_tiers={"vip": ("CUST-0000*",)}, watch_accounts={"treasury": "CUST-00001"}
     )
     sidecar = await _legacy_mode_sidecar(
-        settings, telemetry, f"http://127.0.0.1:{runner.addresses[0][1]}"
+        settings, db, telemetry, f"http://127.0.0.1:{runner.addresses[0][1]}"
     )
     try:
         base = f"http://127.0.0.1:{sidecar.port}"

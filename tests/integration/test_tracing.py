@@ -101,7 +101,9 @@ async def test_a_mirrored_request_is_one_trace_from_proxy_to_comparison(
         assert secret not in said
 
 
-async def test_the_legacy_service_receives_the_trace(settings: Settings) -> None:
+async def test_the_legacy_service_receives_the_trace(
+    settings: Settings, db: DatabaseSettings
+) -> None:
     seen: list[str] = []
 
     async def legacy(request: web.Request) -> web.Response:
@@ -121,7 +123,9 @@ async def test_the_legacy_service_receives_the_trace(settings: Settings) -> None
         mode="legacy",
         mapping=str(MAPPING),
     )
-    sidecar = Sidecar(replace(settings, proxy=proxy), tracer=provider.get_tracer("test"))
+    sidecar = Sidecar(
+        replace(settings, database=db, proxy=proxy), tracer=provider.get_tracer("test")
+    )
     await sidecar.start()
     try:
         async with (
