@@ -1047,10 +1047,10 @@ def cutover() -> dashboard.Dashboard:
         .with_panel(
             note(
                 "Readiness",
-                "The readiness verdict (GO, NO-GO, INCONCLUSIVE, each check with its evidence) "
-                "comes with `ledger-sidecar readiness` in the next step of the cutover plan "
-                "(docs/cutover.md, *Not built yet*); the panels above are the inputs it weighs "
-                "that Prometheus holds.",
+                "`ledger-sidecar readiness [--cohort NAME]` gives the verdict (GO, NO-GO, "
+                "INCONCLUSIVE) with each check's value, threshold and window; the panels above "
+                "are the inputs it weighs that Prometheus holds. A flip shows here as an "
+                "annotation (docs/cutover.md).",
             )
         )
     )

@@ -268,7 +268,7 @@ def _readiness_text(document: dict[str, Any]) -> str:
             _plain(c["value"]),
             _plain(c["threshold"]),
             c["window"],
-            c["detail"],
+            c["detail"] if len(c["detail"]) <= 90 else c["detail"][:89] + "…",  # --json: whole
         ]
         for c in document["checks"]
     ]
