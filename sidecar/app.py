@@ -25,6 +25,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from sidecar.admin.api import AdminApi
+from sidecar.admin.replays import ReplayRunner
 from sidecar.applier import Applier
 from sidecar.capture import Capture
 from sidecar.config import Settings
@@ -212,6 +213,8 @@ class Sidecar:
     #: the cutover flag as this instance sees it (None without a mapping: no database)
     flags: FlagWatcher | None = None
     admin_runner: web.AppRunner | None = None
+    #: replays the admin API may start (``serve`` gives one; None: the API starts none)
+    replays: ReplayRunner | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @property
@@ -320,7 +323,10 @@ class Sidecar:
                     self.tracer,
                     settings.admin.body_bytes_max,
                     report,
+                    self.replays,
                 )
+                if self.replays is not None:
+                    stack.push_async_callback(self.replays.stop)
                 self.admin_runner = web.AppRunner(admin.app(), access_log=None)
                 await self.admin_runner.setup()
                 stack.push_async_callback(self.admin_runner.cleanup)

@@ -313,7 +313,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
         from_seq=from_seq,
         into=args.into,
         keep=args.keep,
-        progress=None if args.json else progress("stream replayed"),
+        progress=progress("stream replayed") if args.progress or not args.json else None,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -430,8 +430,14 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     separate = shadow and not args.in_process
     metrics_host = settings.telemetry.applier_metrics_host
     tracing = provider_from_environ(os.environ)
+    from sidecar.admin.replays import replay_runner
+
+    replays = (
+        replay_runner(args.config, settings.database.schema, str(proxy.mapping)) if shadow else None
+    )
     sidecar = Sidecar(
         replace(settings, proxy=proxy),
+        replays=replays,
         shadow_in_process=shadow and args.in_process,
         tracer=tracer_of(tracing),
         # the port is chosen at each start of the applier (_supervise), this is a first guess
@@ -758,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mapping", help="mapping file (default: proxy.mapping)")
     p.add_argument("--keep", action="store_true", help="keep the replayed schema")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--progress", action="store_true", help="report progress on standard error with --json too"
+    )
     p.set_defaults(handler=_replay)
 
     p = groups.add_parser(

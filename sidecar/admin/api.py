@@ -32,6 +32,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from opentelemetry import trace
 
 from sidecar.admin.openapi import DOCUMENT, PREFIX, operations
+from sidecar.admin.replays import ReplayRunner, ReplayRunning
 from sidecar.db.admin_store import NotFound, PostgresAdminStore, Token
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.domain.audit import AuditRecord, Permission, Role, allows
@@ -107,6 +108,7 @@ STATUS: tuple[tuple[type[SidecarError], int], ...] = (
     (NotFound, 404),
     (ModeUnavailable, 409),
     (NotReady, 409),
+    (ReplayRunning, 409),
     (RequestTooLarge, 413),
     (FlagRulesInvalid, 422),
     (InvalidCommand, 400),
@@ -167,7 +169,10 @@ class AdminApi:
         tracer: trace.Tracer | None = None,
         body_bytes_max: int = 65_536,
         readiness: Callable[[str | None], Awaitable[Report]] | None = None,
+        replays: ReplayRunner | None = None,
     ) -> None:
+        #: replays run as child processes (None: this sidecar cannot start any)
+        self.replays = replays
         #: the readiness report of a scope (None: everyone; else a cohort's name)
         self.readiness = readiness
         self.store = store
@@ -187,6 +192,9 @@ class AdminApi:
             "removeCohort": ("flag.remove_cohort", self._remove_cohort),
             "readiness": ("readiness.read", self._readiness),
             "flip": ("flag.flip", self._flip),
+            "listReplays": ("replay.list", self._replays),
+            "startReplay": ("replay.start", self._start_replay),
+            "getReplay": ("replay.read", self._replay),
             "listDivergences": ("divergence.list", self._divergences),
             "triageDivergence": ("divergence.triage", self._triage),
             "readAudit": ("audit.read", self._audit),
@@ -461,6 +469,35 @@ class AdminApi:
         _, after, seq = await self.store.change_flag(flip, audit)
         self.flags.adopt(after)
         return 200, {**plan, "dry_run": False, "flag_version": after.version, "audit_seq": seq}
+
+    # --- replays ---------------------------------------------------------------------------
+
+    def _runner(self) -> ReplayRunner:
+        if self.replays is None:
+            raise ModeUnavailable("this sidecar starts no replays (no mapping)")
+        return self.replays
+
+    async def _replays(self, call: Call) -> tuple[int, Any]:
+        return 200, {"replays": [r.document() for r in self._runner().replays.values()]}
+
+    async def _start_replay(self, call: Call) -> tuple[int, Any]:
+        runner = self._runner()
+        from_seq = call.body.get("from_seq", 0)
+        replay = runner.start(from_seq, call.token.name)
+        try:
+            await self.store.record(
+                replace(call.audit(f"replay/{replay.id}"), after=replay.document())
+            )
+        except BaseException:
+            await runner.stop()  # not recorded: not started
+            raise
+        return 202, replay.document()
+
+    async def _replay(self, call: Call) -> tuple[int, Any]:
+        replay = self._runner().replays.get(call.path["replay_id"])
+        if replay is None:
+            raise NotFound(f"no replay {call.path['replay_id']} (this instance keeps the last 20)")
+        return 200, replay.document()
 
     # --- divergences ------------------------------------------------------------------------
 

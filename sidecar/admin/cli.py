@@ -14,6 +14,7 @@ printed); 2 bad usage or no token; 3 the admin API or the database cannot be rea
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -324,6 +325,50 @@ async def _flip(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_text(document: dict[str, Any]) -> str:
+    done, total = document["progress"]["done"], document["progress"]["total"]
+    lines = [
+        f"replay {document['id']} from offset {document['from_seq']}: {document['state']}"
+        f" ({done:,}/{total:,} stream records), started by {document['started_by']}"
+    ]
+    if document["error"]:
+        lines.append(f"error: {document['error']}")
+    report = document["report"]
+    if report:
+        before, after = report["divergences_before"], report["divergences_after"]
+        kinds = sorted(set(before) | set(after))
+        rows = [[k, before.get(k, 0), after.get(k, 0)] for k in kinds]
+        lines += ["", table(["divergence kind", "live", "replayed"], rows or [["(none)", 0, 0]])]
+        lines.append(f"\nverdicts changed: {report['changed']}")
+    return "\n".join(lines)
+
+
+async def _replay_start(settings: Settings, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.from_seq is not None:
+        body["from_seq"] = args.from_seq
+    document = await call(settings, args, "POST", "/replays", body)
+    while args.wait and document["state"] == "running":
+        await asyncio.sleep(1.0)
+        document = await call(settings, args, "GET", f"/replays/{document['id']}")
+        done, total = document["progress"]["done"], document["progress"]["total"]
+        if not args.json:
+            print(f"stream replayed: {done:,}/{total:,}", file=sys.stderr, flush=True)
+    _print(args, document, _replay_text(document))
+    return 0 if document["state"] != "failed" else 1
+
+
+async def _replay_status(settings: Settings, args: argparse.Namespace) -> int:
+    if args.id is None:
+        document = await call(settings, args, "GET", "/replays")
+        text = "\n\n".join(_replay_text(r) for r in document["replays"]) or "no replays yet"
+    else:
+        document = await call(settings, args, "GET", f"/replays/{quote(args.id)}")
+        text = _replay_text(document)
+    _print(args, document, text)
+    return 0
+
+
 def add_top_level(groups: Any) -> None:
     """``readiness`` and ``flip``: the release manager's two commands, over the admin API."""
     p = groups.add_parser(
@@ -394,6 +439,14 @@ def add_parsers(groups: Any) -> None:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--action", help="only this action (flag.set_default, token.create, ...)")
     p.set_defaults(handler=_audit)
+    p = commands.add_parser("replay", help="replay the stream into a fresh ledger, compare again")
+    p.add_argument("--from", dest="from_seq", type=int, help="compare from this offset (default 0)")
+    p.add_argument("--wait", action="store_true", help="wait for it, showing progress")
+    reason(p)
+    p.set_defaults(handler=_replay_start)
+    p = commands.add_parser("replays", help="replays started on this instance, or one of them")
+    p.add_argument("id", nargs="?")
+    p.set_defaults(handler=_replay_status)
     p = commands.add_parser("tokens", help="API tokens (never their secrets)")
     p.set_defaults(handler=_tokens)
     p = commands.add_parser("token-create", help="a new token, shown once")

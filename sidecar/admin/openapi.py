@@ -185,6 +185,27 @@ DOCUMENT: dict[str, Any] = {
                 errors=(404, 409, 422),
             ),
         },
+        f"{PREFIX}/replays": {
+            "get": _operation("listReplays", "replays started here, newest last", "read"),
+            "post": _operation(
+                "startReplay",
+                "rebuild a fresh ledger from the stream in a child process and compare again "
+                "(live schema only read); watch it with GET /replays/{id}",
+                "replay",
+                202,
+                body=_body({"from_seq": SEQ, "reason": REASON}, ["reason"]),
+                errors=(409,),
+            ),
+        },
+        f"{PREFIX}/replays/{{replay_id}}": {
+            "get": _operation(
+                "getReplay",
+                "a replay's state, progress and report",
+                "read",
+                parameters=[_path("replay_id", {"type": "string", "pattern": "^[0-9a-f]{12}$"})],
+                errors=(404,),
+            ),
+        },
         f"{PREFIX}/divergences": {
             "get": _operation(
                 "listDivergences",

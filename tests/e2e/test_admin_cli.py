@@ -128,6 +128,12 @@ def test_the_operator_shell_over_the_admin_api(
     unavailable = cli("flip", "--to", "ledger-primary", *reason, env=env)
     assert unavailable.returncode == 1 and "mode_unavailable" in unavailable.stderr
 
+    replayed = cli("admin", "replay", "--wait", "--reason", "check the mapping", env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "from offset 0: done" in replayed.stdout and "divergence kind" in replayed.stdout
+    listed = cli("admin", "--json", "replays", env=env)
+    assert [r["state"] for r in json.loads(listed.stdout)["replays"]] == ["done"]
+
     down = cli("admin", "--url", f"http://127.0.0.1:{free_port()}", "modes", env=env)
     assert down.returncode == 3
     # legacy mode with a mapping: the worker runs, ready for the flag to turn shadowing on
