@@ -324,6 +324,7 @@ class Sidecar:
                     settings.admin.body_bytes_max,
                     report,
                     self.replays,
+                    routes.currencies if routes is not None else None,
                 )
                 if self.replays is not None:
                     stack.push_async_callback(self.replays.stop)

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,10 +34,12 @@ from opentelemetry import trace
 
 from sidecar.admin.openapi import DOCUMENT, PREFIX, operations
 from sidecar.admin.replays import ReplayRunner, ReplayRunning
-from sidecar.db.admin_store import NotFound, PostgresAdminStore, Token
+from sidecar.db.admin_store import AdjustmentRefused, NotFound, PostgresAdminStore, Token
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.domain.audit import AuditRecord, Permission, Role, allows
 from sidecar.domain.flags import FlagRules, Mode, parse_cohort
+from sidecar.domain.ledger import Transfer
+from sidecar.domain.money import Amount, Currency
 from sidecar.domain.readiness import Report, Verdict
 from sidecar.errors import FlagRulesInvalid, InvalidCommand, SidecarError
 from sidecar.flag_watch import FlagWatcher
@@ -111,6 +114,7 @@ STATUS: tuple[tuple[type[SidecarError], int], ...] = (
     (ReplayRunning, 409),
     (RequestTooLarge, 413),
     (FlagRulesInvalid, 422),
+    (AdjustmentRefused, 422),
     (InvalidCommand, 400),
 )
 
@@ -170,7 +174,10 @@ class AdminApi:
         body_bytes_max: int = 65_536,
         readiness: Callable[[str | None], Awaitable[Report]] | None = None,
         replays: ReplayRunner | None = None,
+        currencies: Mapping[str, int] | None = None,
     ) -> None:
+        #: currency -> minor-unit exponent, for adjustments' decimal amounts
+        self.currencies = dict(currencies or {})
         #: replays run as child processes (None: this sidecar cannot start any)
         self.replays = replays
         #: the readiness report of a scope (None: everyone; else a cohort's name)
@@ -192,6 +199,7 @@ class AdminApi:
             "removeCohort": ("flag.remove_cohort", self._remove_cohort),
             "readiness": ("readiness.read", self._readiness),
             "flip": ("flag.flip", self._flip),
+            "adjust": ("ledger.adjust", self._adjust),
             "listReplays": ("replay.list", self._replays),
             "startReplay": ("replay.start", self._start_replay),
             "getReplay": ("replay.read", self._replay),
@@ -469,6 +477,46 @@ class AdminApi:
         _, after, seq = await self.store.change_flag(flip, audit)
         self.flags.adopt(after)
         return 200, {**plan, "dry_run": False, "flag_version": after.version, "audit_seq": seq}
+
+    # --- manual adjustments -----------------------------------------------------------------
+
+    async def _adjust(self, call: Call) -> tuple[int, Any]:
+        body = call.body
+        code = body["currency"]
+        if code not in self.currencies:
+            known = ", ".join(sorted(self.currencies)) or "none"
+            raise BadRequest(f"currency: {code} is not one the mapping knows ({known})")
+        amount = Amount.parse(body["amount"], Currency(code, self.currencies[code]))
+        if amount.minor <= 0:
+            raise BadRequest("amount: must be above zero")
+        if body["debit"] == body["credit"]:
+            raise BadRequest("credit: must differ from debit")
+        key = body.get("key") or f"ADJ-{uuid.uuid4().hex}"
+        transfer = Transfer.between(
+            key,
+            debit=body["debit"],
+            credit=body["credit"],
+            amount_minor=amount.minor,
+            currency=code,
+            metadata={"adjustment": "true", "actor": call.token.name, "reason": body["reason"]},
+        )
+        audit = replace(
+            call.audit(f"transfer/{key}"),
+            after={
+                "debit": body["debit"],
+                "credit": body["credit"],
+                "amount_minor": amount.minor,
+                "currency": code,
+            },
+        )
+        outcome, seq = await self.store.adjust(transfer, audit)
+        return 201, {
+            "key": key,
+            "status": outcome.status.value,
+            "ledger_seq": outcome.seq,
+            "replayed": outcome.replayed,
+            "audit_seq": seq,
+        }
 
     # --- replays ---------------------------------------------------------------------------
 

@@ -343,6 +343,27 @@ def _replay_text(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def _adjust(settings: Settings, args: argparse.Namespace) -> int:
+    body = {
+        "debit": args.debit,
+        "credit": args.credit,
+        "amount": args.amount,
+        "currency": args.currency,
+        "reason": args.reason,
+    }
+    if args.key:
+        body["key"] = args.key
+    document = await call(settings, args, "POST", "/adjustments", body)
+    moved = f"{args.amount} {args.currency} from {args.debit} to {args.credit}"
+    text = (
+        f"{document['key']}: nothing moved, already posted as ledger event {document['ledger_seq']}"
+        if document["replayed"]
+        else f"{document['key']}: {moved}, ledger event {document['ledger_seq']}"
+    ) + f" (audit record {document['audit_seq']})"
+    _print(args, document, text)
+    return 0
+
+
 async def _replay_start(settings: Settings, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"reason": args.reason}
     if args.from_seq is not None:
@@ -439,6 +460,16 @@ def add_parsers(groups: Any) -> None:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--action", help="only this action (flag.set_default, token.create, ...)")
     p.set_defaults(handler=_audit)
+    p = commands.add_parser("adjust", help="a compensating transfer, through the ledger")
+    p.add_argument("--debit", required=True, help="the account money leaves")
+    p.add_argument("--credit", required=True, help="the account money reaches")
+    p.add_argument("--amount", required=True, help="a decimal in the currency's units: 12.34")
+    p.add_argument("--currency", required=True)
+    p.add_argument(
+        "--key", help="idempotency key (default: a new one); the same key twice moves once"
+    )
+    reason(p)
+    p.set_defaults(handler=_adjust)
     p = commands.add_parser("replay", help="replay the stream into a fresh ledger, compare again")
     p.add_argument("--from", dest="from_seq", type=int, help="compare from this offset (default 0)")
     p.add_argument("--wait", action="store_true", help="wait for it, showing progress")

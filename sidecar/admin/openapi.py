@@ -243,6 +243,31 @@ DOCUMENT: dict[str, Any] = {
                 errors=(404, 422),
             ),
         },
+        f"{PREFIX}/adjustments": {
+            "post": _operation(
+                "adjust",
+                "a compensating transfer through the ledger's posting path, with its audit "
+                "record in the same transaction; a transfer the ledger would refuse is not written",
+                "adjust",
+                201,
+                body=_body(
+                    {
+                        "debit": ACCOUNT,
+                        "credit": ACCOUNT,
+                        "amount": {
+                            "type": "string",
+                            "pattern": "^[0-9]{1,18}([.][0-9]{1,18})?$",
+                            "description": "a positive decimal in the currency's units",
+                        },
+                        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                        "key": {**ACCOUNT, "description": "idempotency key (default: a new one)"},
+                        "reason": REASON,
+                    },
+                    ["debit", "credit", "amount", "currency", "reason"],
+                ),
+                errors=(409, 422),
+            ),
+        },
         f"{PREFIX}/audit": {
             "get": _operation(
                 "readAudit",

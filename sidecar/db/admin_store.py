@@ -22,9 +22,12 @@ from typing import Any
 import asyncpg
 import orjson
 
+from sidecar.db.ledger_store import load_view, post_batch
 from sidecar.domain.audit import AuditRecord, Role
 from sidecar.domain.flags import FlagRules, Mode, rules_from
-from sidecar.errors import InvalidCommand
+from sidecar.domain.ledger import Transfer, keys_needed, plan_batch
+from sidecar.domain.outcome import TransferOutcome
+from sidecar.errors import InvalidCommand, PlanStale, SidecarError
 
 TOKEN_PREFIX = "lsk"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -32,6 +35,16 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 class NotFound(InvalidCommand):
     code = "not_found"
+
+
+class AdjustmentRefused(SidecarError):
+    """The ledger would refuse the adjustment, or could not take it: nothing was written."""
+
+    code = "adjustment_refused"
+
+
+#: plans of one adjustment before giving up (each retry follows a concurrent commit)
+ADJUST_ATTEMPTS = 5
 
 
 class AdminExists(InvalidCommand):
@@ -270,6 +283,47 @@ class PostgresAdminStore:
             )
             return found
 
+    # --- manual adjustments -----------------------------------------------------------------
+
+    async def adjust(self, transfer: Transfer, audit: AuditRecord) -> tuple[TransferOutcome, int]:
+        """Post a compensating transfer through the ledger's own planning and commit, with its
+        audit record in the same transaction: (its outcome, the audit record's seq).
+
+        A transfer the ledger would refuse (funds, a closed account) is not written: refused.
+        The same key again with the same legs changes nothing and says so (replayed). The
+        shadow applier, which caches balances, finds its next plan on these accounts stale and
+        reads them again (one retry, logged)."""
+        accounts, keys = keys_needed([transfer])
+        for _ in range(ADJUST_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    plan = plan_batch(await load_view(conn, accounts, keys), [transfer])
+                    (result,) = plan.results
+                    if isinstance(result, SidecarError):
+                        raise result
+                    assert isinstance(result, TransferOutcome)
+                    if not result.posted and not result.replayed:
+                        why = result.rejection.value if result.rejection else "rejected"
+                        raise AdjustmentRefused(f"the ledger refuses it: {why}; nothing written")
+                    seq = result.seq
+                    if plan.events:
+                        ids = list(plan.balances)
+                        first = await post_batch(
+                            conn,
+                            list(plan.events),
+                            ids,
+                            [plan.balances[i].before_minor for i in ids],
+                            [plan.balances[i].after_minor for i in ids],
+                        )
+                        index = plan.event_of[0]
+                        seq = first + index if index is not None else None
+                    produced = {"ledger_seq": seq, "key": transfer.key, "replayed": result.replayed}
+                    audit_seq = await self._append(conn, replace(audit, produced=produced))
+                    return replace(result, seq=seq), audit_seq
+            except PlanStale:
+                continue  # the applier moved a balance first: plan again
+        raise AdjustmentRefused(f"the accounts kept changing: tried {ADJUST_ATTEMPTS} times")
+
     # --- divergence triage ------------------------------------------------------------------
 
     async def triage(
@@ -335,4 +389,11 @@ def _token(row: Any) -> Token:
     )
 
 
-__all__ = ["NotFound", "PostgresAdminStore", "Token", "secret_hash", "split_token"]
+__all__ = [
+    "AdjustmentRefused",
+    "NotFound",
+    "PostgresAdminStore",
+    "Token",
+    "secret_hash",
+    "split_token",
+]

@@ -154,25 +154,32 @@ async def balance_at(conn: asyncpg.Connection, account_id: str, at_seq: int) -> 
     return balance
 
 
+async def load_view(
+    conn: asyncpg.Connection, account_ids: Collection[str], keys: Collection[str]
+) -> LedgerView:
+    """The accounts and transfers a plan needs (the accounts of those transfers too)."""
+    transfers: dict[str, TransferRecord] = {}
+    if keys:
+        for row in await conn.fetch(LOAD_TRANSFERS, list(keys)):
+            record = transfer_from_row(row)
+            transfers[record.key] = record
+    wanted = set(account_ids)
+    for record in transfers.values():
+        wanted.update(p.account_id for p in record.postings)
+    accounts: dict[str, AccountState] = {}
+    if wanted:
+        for row in await conn.fetch(LOAD_ACCOUNTS, list(wanted)):
+            accounts[row["id"]] = account_from_row(row)
+    return LedgerView(accounts=accounts, transfers=transfers)
+
+
 class PostgresLedgerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def load(self, account_ids: Collection[str], keys: Collection[str]) -> LedgerView:
         async with pooled(self._pool) as conn:
-            transfers: dict[str, TransferRecord] = {}
-            if keys:
-                for row in await conn.fetch(LOAD_TRANSFERS, list(keys)):
-                    record = transfer_from_row(row)
-                    transfers[record.key] = record
-            wanted = set(account_ids)
-            for record in transfers.values():
-                wanted.update(p.account_id for p in record.postings)
-            accounts: dict[str, AccountState] = {}
-            if wanted:
-                for row in await conn.fetch(LOAD_ACCOUNTS, list(wanted)):
-                    accounts[row["id"]] = account_from_row(row)
-        return LedgerView(accounts=accounts, transfers=transfers)
+            return await load_view(conn, account_ids, keys)
 
     async def commit(self, plan: BatchPlan, checkpoints: Sequence[Checkpoint] = ()) -> int:
         ids = list(plan.balances)

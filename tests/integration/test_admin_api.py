@@ -19,10 +19,14 @@ from aiohttp import web
 from sidecar.app import Sidecar
 from sidecar.config import DatabaseSettings, Settings
 from sidecar.db.admin_store import PostgresAdminStore
+from sidecar.db.ledger_store import PostgresLedgerStore
 from sidecar.demo.legacy import FaultRates, LegacyService
 from sidecar.domain.audit import AuditRecord, Role
 from sidecar.domain.flags import Mode
+from sidecar.posting import Ledger
 from sidecar.verify import verify
+
+from tests.ledger_builders import open_bank
 
 MAPPING = Path(__file__).parents[2] / "config" / "mappings" / "example-legacy.toml"
 
@@ -384,3 +388,59 @@ async def test_anonymous_knocking_is_recorded_at_a_bounded_pace(
         assert status == 401
     records = await audit(pool)
     assert len(records) == 60  # one minute's allowance; the other 15 are counted, not kept
+
+
+async def test_a_manual_adjustment_posts_through_the_ledger_with_its_record_in_one_transaction(
+    settings: Settings,
+    db: DatabaseSettings,
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    legacy_url: str,
+    stack: Any,
+) -> None:
+    await open_bank(ledger)  # c0, c1, c2 with 100.00 EUR each
+    one = await start(settings, db, legacy_url, stack)
+    operator = await token(pool, Role.OPERATOR, "ops-carol")
+    release = await token(pool, Role.RELEASE_MANAGER)
+    store = PostgresLedgerStore(pool)
+    body = {
+        "debit": "c0",
+        "credit": "c1",
+        "amount": "12.34",
+        "currency": "EUR",
+        "key": "ADJ-ticket-42",
+        "reason": "legacy rounding refund, ticket 42",
+    }
+    status, _ = await one.call("POST", "/adjustments", release, json=body)
+    assert status == 403  # moving money is an operator's job, not a release manager's
+    head = (await store.head()).seq
+    status, made = await one.call("POST", "/adjustments", operator, json=body)
+    assert (status, made["status"], made["replayed"]) == (201, "posted", False), made
+    assert made["ledger_seq"] == head + 1
+    assert (await store.balance("c0"), await store.balance("c1")) == (10_000 - 1234, 10_000 + 1234)
+    record = next(r for r in await audit(pool) if r["seq"] == made["audit_seq"])
+    assert (record["actor"], record["action"], record["target"]) == (
+        "ops-carol",
+        "ledger.adjust",
+        "transfer/ADJ-ticket-42",
+    )
+    assert record["produced"] == {"ledger_seq": head + 1, "key": "ADJ-ticket-42", "replayed": False}
+    metadata = await pool.fetchval("SELECT metadata FROM transfers WHERE key = 'ADJ-ticket-42'")
+    assert "ticket 42" in metadata and "ops-carol" in metadata  # in the account's history
+    # the same key again moves nothing and says so
+    status, again = await one.call("POST", "/adjustments", operator, json=body)
+    assert (status, again["replayed"]) == (201, True)
+    assert await store.balance("c0") == 10_000 - 1234
+    # more than the account holds: refused, nothing written
+    events = (await store.head()).seq
+    records = len(await audit(pool))
+    too_much = {**body, "key": "ADJ-2", "amount": "1000.00"}
+    status, refused = await one.call("POST", "/adjustments", operator, json=too_much)
+    assert (status, refused["error"]["code"]) == (422, "adjustment_refused")
+    assert (await store.head()).seq == events
+    assert len(await audit(pool)) == records + 1  # the refusal, recorded
+    for bad in ({"amount": "1.234"}, {"amount": "0"}, {"currency": "XXX"}, {"credit": "c0"}):
+        status, _ = await one.call("POST", "/adjustments", operator, json={**body, **bad})
+        assert status == 400, bad
+    report = await verify(db)
+    assert report.ok, report.to_dict()
