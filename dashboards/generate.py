@@ -25,7 +25,6 @@ from grafana_foundation_sdk.builders import (
     logs,
     stat,
     table,
-    text,
     timeseries,
 )
 from grafana_foundation_sdk.builders import common as options
@@ -36,7 +35,6 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prom_model
-from grafana_foundation_sdk.models import text as text_model
 
 OUT = Path(__file__).resolve().parent
 ROOT = OUT.parent
@@ -224,17 +222,6 @@ def ranking(
         .sort_by([options.TableSortByFieldState().display_name("count").desc(True)])
         .align(common.FieldTextAlignment.AUTO)
         .inspect(False)
-    )
-
-
-def note(title: str, content: str, *, width: int = 24, height: int = 3) -> text.Panel:
-    return (
-        text.Panel()
-        .title(title)
-        .mode(text_model.TextMode.MARKDOWN)
-        .content(content)
-        .span(width)
-        .height(height)
     )
 
 
@@ -945,6 +932,14 @@ def cutover() -> dashboard.Dashboard:
             "annotation.",
             ["cutover"],
         )
+        .with_variable(
+            dashboard.QueryVariable("scope")
+            .label("Readiness scope")
+            .datasource(PROMETHEUS)
+            .query({"query": f"label_values({P}readiness_verdict, scope)", "refId": "scope"})
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .current(model.VariableOption(selected=True, text="everyone", value="everyone"))
+        )
         .annotation(
             dashboard.AnnotationQuery()
             .name("Flag changes")
@@ -1045,12 +1040,36 @@ def cutover() -> dashboard.Dashboard:
             )
         )
         .with_panel(
-            note(
-                "Readiness",
-                "`ledger-sidecar readiness [--cohort NAME]` gives the verdict (GO, NO-GO, "
-                "INCONCLUSIVE) with each check's value, threshold and window; the panels above "
-                "are the inputs it weighs that Prometheus holds. A flip shows here as an "
-                "annotation (docs/cutover.md).",
+            single(
+                "Readiness verdict",
+                "The verdict of the last readiness report computed for the scope (`ledger-sidecar "
+                "readiness`, or a flip's gate); the table beside it says which checks held.",
+                promql(
+                    f'max by (verdict) ({P}readiness_verdict{{scope="$scope"}}) == 1',
+                    "{{verdict}}",
+                ),
+                width=6,
+            ).text_mode(common.BigValueTextMode.NAME)
+        )
+        .with_panel(
+            single(
+                "Readiness age",
+                "How long ago that report was computed: run `ledger-sidecar readiness` again "
+                "before a flip.",
+                promql(f'time() - max({P}readiness_computed_timestamp_seconds{{scope="$scope"}})'),
+                unit="s",
+                limits=thresholds((None, "green"), (3600, "orange"), (86400, "red")),
+                width=6,
+            )
+        )
+        .with_panel(
+            ranking(
+                "Readiness checks",
+                "1: the check passed; 0: it failed or lacked evidence (the report itself says "
+                "which, with the value, threshold and window).",
+                promql(f'min by (check) ({P}readiness_check_ok{{scope="$scope"}})', instant=True),
+                datasource=PROMETHEUS,
+                width=12,
             )
         )
     )

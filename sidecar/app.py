@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -325,6 +326,7 @@ class Sidecar:
                     report,
                     self.replays,
                     routes.currencies if routes is not None else None,
+                    lambda report: proxy_metrics.readiness(report, time.time()),
                 )
                 if self.replays is not None:
                     stack.push_async_callback(self.replays.stop)

@@ -175,7 +175,10 @@ class AdminApi:
         readiness: Callable[[str | None], Awaitable[Report]] | None = None,
         replays: ReplayRunner | None = None,
         currencies: Mapping[str, int] | None = None,
+        on_readiness: Callable[[Report], None] | None = None,
     ) -> None:
+        #: told of every readiness report computed (the cutover dashboard's gauges)
+        self.on_readiness = on_readiness
         #: currency -> minor-unit exponent, for adjustments' decimal amounts
         self.currencies = dict(currencies or {})
         #: replays run as child processes (None: this sidecar cannot start any)
@@ -416,7 +419,10 @@ class AdminApi:
         if self.readiness is None:
             raise ModeUnavailable("this sidecar has no readiness report (no mapping)")
         await self.flags.refresh()
-        return await self.readiness(cohort)
+        report = await self.readiness(cohort)
+        if self.on_readiness is not None:
+            self.on_readiness(report)
+        return report
 
     async def _readiness(self, call: Call) -> tuple[int, Any]:
         return 200, (await self._report(call.query.get("cohort"))).document()

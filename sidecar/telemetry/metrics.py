@@ -45,6 +45,7 @@ from sidecar.config import TelemetrySettings
 from sidecar.domain.comparison import MONETARY, DivergenceKind, Outcome
 from sidecar.domain.flags import FlagRules, Mode
 from sidecar.domain.mapping import Operation
+from sidecar.domain.readiness import Report, Verdict
 
 PREFIX = "ledger_sidecar_"
 #: the classic text format every Prometheus reads (2.42 included); every name here is a
@@ -210,6 +211,26 @@ class ProxyMetrics:
             ["cohort", "mode"],
             registry=registry,
         )
+        self.readiness_verdict = Gauge(
+            PREFIX + "readiness_verdict",
+            "1 for the verdict of the last readiness report computed here, per scope "
+            "(everyone, or a cohort).",
+            ["scope", "verdict"],
+            registry=registry,
+        )
+        self.readiness_check = Gauge(
+            PREFIX + "readiness_check_ok",
+            "1 if the check passed in the last readiness report computed here, 0 if it failed "
+            "or lacked evidence.",
+            ["scope", "check"],
+            registry=registry,
+        )
+        self.readiness_time = Gauge(
+            PREFIX + "readiness_computed_timestamp_seconds",
+            "When the last readiness report of the scope was computed (Unix time).",
+            ["scope"],
+            registry=registry,
+        )
         self._initialised: set[str] = set()
         for m in MODES:
             self.mode_gauge.labels(m).set(1 if m == mode else 0)
@@ -229,6 +250,17 @@ class ProxyMetrics:
             for outcome in REQUEST_OUTCOMES:
                 for tier in self.accounts.tiers:
                     self.request_duration.labels(operation, outcome, mode, tier)
+
+    def readiness(self, report: Report, at: float) -> None:
+        """A readiness report was computed: its verdict and checks, for the cutover dashboard."""
+        scope = report.scope
+        for verdict in Verdict:
+            self.readiness_verdict.labels(scope, verdict.value).set(
+                1 if verdict is report.verdict else 0
+            )
+        for check in report.checks:
+            self.readiness_check.labels(scope, check.name).set(1 if check.ok else 0)
+        self.readiness_time.labels(scope).set(at)
 
     def flag(self, rules: FlagRules) -> None:
         """The cutover flag changed: the default mode, the cohorts, the version."""

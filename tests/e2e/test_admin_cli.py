@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.e2e.processes import Processes
@@ -21,7 +22,7 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 def start_stack(
     schema_name: str, tmp_path: Path, processes: Processes
-) -> tuple[dict[str, str], str]:
+) -> tuple[dict[str, str], str, str]:
     """The demo legacy service and ``serve`` (legacy mode, a mapping): the environment that
     points commands at them, and the admin API's URL."""
     legacy_port, sidecar_port, admin_port = free_port(), free_port(), free_port()
@@ -51,7 +52,7 @@ def start_stack(
     sidecar = processes.start("sidecar", *python, "serve", env=env)
     admin = f"http://127.0.0.1:{admin_port}"
     wait_until_answering(f"{admin}/admin/v1/openapi.json", sidecar)
-    return env, admin
+    return env, admin, f"http://127.0.0.1:{sidecar_port}"
 
 
 TOKEN = "LEDGER_SIDECAR_TOKEN"
@@ -62,7 +63,7 @@ def test_the_operator_shell_over_the_admin_api(
     tmp_path: Path,
     processes: Processes,
 ) -> None:
-    env, _ = start_stack(schema, tmp_path, processes)
+    env, _, proxy = start_stack(schema, tmp_path, processes)
     reason = ["--reason", "e2e"]
     created = cli(
         "admin", "--json", "token-create", "--bootstrap", "--name", "root", "--role", "admin",
@@ -117,6 +118,10 @@ def test_the_operator_shell_over_the_admin_api(
     assert ready.returncode == 4, ready.stderr  # INCONCLUSIVE: nothing compared yet
     assert "readiness of everyone: INCONCLUSIVE" in ready.stdout
     assert "monetary_divergences" in ready.stdout and "time_in_shadow" in ready.stdout
+    with urllib.request.urlopen(f"{proxy}/metrics") as answer:  # the cutover dashboard's view
+        scraped = answer.read().decode()
+    assert 'readiness_verdict{scope="everyone",verdict="INCONCLUSIVE"} 1.0' in scraped
+    assert 'readiness_check_ok{check="verification",scope="everyone"} 1.0' in scraped
     dry = cli("flip", "--to", "shadow", "--dry-run", *reason, env=env)
     assert (
         dry.returncode == 0 and "dry run, nothing changed: default: legacy -> shadow" in dry.stdout
@@ -145,7 +150,7 @@ def test_a_schema_driven_fuzzer_finds_no_server_error(
     tmp_path: Path,
     processes: Processes,
 ) -> None:
-    env, admin = start_stack(schema, tmp_path, processes)
+    env, admin, _ = start_stack(schema, tmp_path, processes)
     created = cli(
         "admin", "--json", "token-create", "--bootstrap", "--name", "fuzz", "--role", "admin",
         "--reason", "fuzzing", env=env,
