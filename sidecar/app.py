@@ -43,7 +43,9 @@ from sidecar.errors import ConfigError, SidecarError
 from sidecar.flag_watch import FlagWatcher
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.mapping_file import load_route_table
+from sidecar.posting import Ledger
 from sidecar.proxy.app import Proxy, legacy_session
+from sidecar.proxy.ledger_answer import LedgerAnswerer, ShadowCalls
 from sidecar.readiness import readiness
 from sidecar.slo_file import load_slo_file
 from sidecar.telemetry.endpoint import METRICS_PATH, WorkerScrape, metrics_handler
@@ -253,6 +255,8 @@ class Sidecar:
             # capture and the shadow worker run whatever the configured mode
             capture = None
             pool = None
+            answerer: LedgerAnswerer | None = None
+            shadow_calls: ShadowCalls | None = None
             if routes is not None:
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
@@ -276,6 +280,19 @@ class Sidecar:
                     self.worker = ShadowWorker(settings, self.metrics, self.tracer)
                     await self.worker.start()
                     stack.push_async_callback(self.worker.stop)
+                # 2b'. the ledger answering customers, if every route says how (ledger-primary)
+                if all(route.answer is not None for route in routes.routes):
+                    ledger_store = PostgresLedgerStore(pool)
+                    ledger = Ledger(ledger_store, settings.ledger)
+                    await ledger.start()
+                    stack.push_async_callback(ledger.stop)
+                    answerer = LedgerAnswerer(ledger, ledger_store, routes.currencies)
+                    # stopped before capture (callbacks run in reverse): every call's outcome
+                    # is recorded
+                    shadow_calls = ShadowCalls(
+                        settings.proxy.legacy_connections_max, settings.capture.queue_records_max
+                    )
+                    stack.push_async_callback(shadow_calls.stop)
                 # 2c. the cutover flag, followed at run time
                 admin_store = PostgresAdminStore(pool, Mode(settings.proxy.mode))
                 self.flags = FlagWatcher(
@@ -296,6 +313,8 @@ class Sidecar:
                 self.tracer,
                 latency_slo_s=latency_slo_s,
                 mode_of=self._mode_of() if self.flags is not None else None,
+                answerer=answerer,
+                shadow_calls=shadow_calls,
             )
             worker = None
             if self.worker_metrics_url is not None:
@@ -320,7 +339,9 @@ class Sidecar:
                     self.flags.store,
                     PostgresComparisonStore(pool),
                     self.flags,
-                    frozenset({Mode.LEGACY, Mode.SHADOW}),  # ledger-primary: not built yet
+                    frozenset(Mode)
+                    if answerer is not None
+                    else frozenset({Mode.LEGACY, Mode.SHADOW}),
                     self.tracer,
                     settings.admin.body_bytes_max,
                     report,

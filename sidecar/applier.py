@@ -68,7 +68,7 @@ from sidecar.domain.ledger import (
     keys_needed,
     plan_batch,
 )
-from sidecar.domain.mapping import CompareKind, CompareRule, MatchedRoute, RouteTable
+from sidecar.domain.mapping import MISSING, CompareKind, CompareRule, MatchedRoute, RouteTable
 from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
 from sidecar.domain.shadow import (
@@ -477,6 +477,9 @@ class Applier:
         if resolution in ("read", "not_processed", "unresolvable"):
             item.skip = f"in doubt, resolved: {resolution}"
             return
+        if item.outcome.record.content.get("ledger_only"):
+            item.skip = "ledger-only: the legacy service was not asked"
+            return
         if item.outcome.record.route == BOOTSTRAP_ROUTE:
             self._understand_bootstrap(item)
             return
@@ -494,12 +497,19 @@ class Applier:
         item.legacy_status, item.legacy_code = legacy_status, code
         if legacy_status is SideStatus.ERROR:
             return  # nothing to apply: the legacy service did not decide
+        # a request the ledger answered first (ledger-primary) was posted from the request
+        # alone: built the same way, its replay is the same command (no idempotency conflict)
+        exchange = (
+            replace(item.exchange, answer=MISSING)
+            if item.intent.record.content.get("answered_by") == "ledger"
+            else item.exchange
+        )
         try:
             item.request = to_ledger(
                 matched,
-                item.exchange,
+                exchange,
                 self.routes.currencies,
-                self._computed(matched, item.exchange),
+                self._computed(matched, exchange),
             )
         except InvalidCommand as exc:
             if legacy_status is SideStatus.ACCEPTED:

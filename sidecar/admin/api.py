@@ -12,8 +12,10 @@ Guarantees (tests/integration/test_admin_api.py, tests/e2e/test_admin_cli.py):
   are recorded up to 60 a minute; the rest are counted into the next one recorded.
 - Every change writes exactly one audit record (actor, role, action, target, reason, before,
   after, trace id, what it produced) in the transaction of its effect.
-- A mode this sidecar cannot serve (no mapping for shadow; ledger-primary and ledger-only are
-  not built yet) is refused with 409 ``mode_unavailable``.
+- A mode this sidecar cannot serve (no mapping for shadow; no ``[route.answer]`` in every
+  route for ledger-primary and ledger-only) is refused with 409 ``mode_unavailable``; a mode
+  where the ledger answers is reached only by a flip, which asks readiness first (409
+  ``flip_required`` when set directly).
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ class RequestTooLarge(InvalidCommand):
     code = "request_too_large"
 
 
+class FlipRequired(SidecarError):
+    """Modes where the ledger answers are reached through the flip and its readiness gate."""
+
+    code = "flip_required"
+
+
 class NotReady(SidecarError):
     """A forward flip refused: the readiness verdict is not GO."""
 
@@ -111,6 +119,7 @@ STATUS: tuple[tuple[type[SidecarError], int], ...] = (
     (NotFound, 404),
     (ModeUnavailable, 409),
     (NotReady, 409),
+    (FlipRequired, 409),
     (ReplayRunning, 409),
     (RequestTooLarge, 413),
     (FlagRulesInvalid, 422),
@@ -378,6 +387,15 @@ class AdminApi:
     async def _evaluate(self, call: Call) -> tuple[int, Any]:
         return 200, self.flags.rules.evaluate(call.query["account_id"]).document()
 
+    def _check_settable(self, mode: Mode) -> None:
+        """Setting a mode directly: not one where the ledger answers (that is a flip)."""
+        self._check_available(mode)
+        if mode in GATED:
+            raise FlipRequired(
+                f"{mode.value}: the ledger answers there, so it is reached by a flip (POST "
+                f"{PREFIX}/flip, `ledger-sidecar flip`), which asks readiness first"
+            )
+
     def _check_available(self, mode: Mode) -> None:
         if mode not in self.available:
             raise ModeUnavailable(
@@ -394,14 +412,14 @@ class AdminApi:
 
     async def _set_default(self, call: Call) -> tuple[int, Any]:
         mode = Mode(call.body["mode"])
-        self._check_available(mode)
+        self._check_settable(mode)
         return await self._change(call, lambda r: r.with_default(mode), "default")
 
     async def _set_cohort(self, call: Call) -> tuple[int, Any]:
         name = call.path["name"]
         document = {k: v for k, v in call.body.items() if k != "reason"}
         cohort = parse_cohort({"name": name, **document})
-        self._check_available(cohort.mode)
+        self._check_settable(cohort.mode)
         return await self._change(call, lambda r: r.with_cohort(cohort), f"cohort/{name}")
 
     async def _remove_cohort(self, call: Call) -> tuple[int, Any]:

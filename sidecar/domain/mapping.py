@@ -22,9 +22,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.errors import MappingError
+
+if TYPE_CHECKING:
+    from sidecar.domain.answer import Answers
 
 
 class Operation(StrEnum):
@@ -147,6 +150,9 @@ class Route:
     #: a GET path on the legacy service answering, for a request in doubt, exactly what the
     #: request was answered (404 if it was never processed): ``/v1/idempotency/{key}``
     lookup: str | None = None
+    #: how the legacy API answers, so the ledger can answer in its place (ledger-primary);
+    #: None: this route is always answered by the legacy service
+    answer: Answers | None = None
 
     @property
     def literal_segments(self) -> int:
@@ -304,6 +310,7 @@ _ROUTE_KEYS = {
     "hook",
     "result",
     "lookup",
+    "answer",
 }
 
 
@@ -348,6 +355,11 @@ def _route(raw: Any, where: str, source: str) -> Route:
         raise MappingError(source, f"{where}.hook", "a dotted path: package.module:function")
     result = _result(raw.get("result", {}), segments, f"{where}.result", source)
     lookup = _lookup(raw.get("lookup"), fields, f"{where}.lookup", source)
+    answer = None
+    if "answer" in raw:
+        from sidecar.domain.answer import parse_answers  # it reads this module's types
+
+        answer = parse_answers(raw["answer"], operation, fields, f"{where}.answer", source)
     return Route(
         name,
         method,
@@ -361,6 +373,7 @@ def _route(raw: Any, where: str, source: str) -> Route:
         hook,
         result,
         lookup,
+        answer,
     )
 
 

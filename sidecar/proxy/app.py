@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,8 @@ from sidecar.config import ProxySettings
 from sidecar.domain.flags import FLAG_KEY, Evaluation, Mode, Reason
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
+from sidecar.domain.translate import Exchange
+from sidecar.proxy.ledger_answer import LedgerAnswerer, ShadowCalls
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
 from sidecar.telemetry.tracing import PROPAGATOR, ids_of
 
@@ -213,7 +217,12 @@ class Proxy:
         tracer: trace.Tracer | None = None,
         latency_slo_s: float = 0.25,
         mode_of: Callable[[str | None], Evaluation] | None = None,
+        answerer: LedgerAnswerer | None = None,
+        shadow_calls: ShadowCalls | None = None,
     ) -> None:
+        #: the ledger answering (ledger-primary, ledger-only); None: legacy always answers
+        self.answerer = answerer
+        self.shadow_calls = shadow_calls
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
         self.settings = settings
@@ -273,6 +282,7 @@ class Proxy:
         outcome = "success"
         status = 0
         legacy_seconds: float | None = None
+        ledger_seconds: float | None = None
         try:
             try:
                 body = await request.read()
@@ -289,10 +299,30 @@ class Proxy:
                 view = _Fields(matched, body, request.headers)
             # the request's mode: its (paying) account's, by the cutover flag
             evaluation = self._mode(view.first(ACCOUNT_FIELDS) if view is not None else None)
+            mode = evaluation.variant
             forwarded = end_to_end(request.headers)
             mirrored = await self._mirror_intent(
-                request, forwarded, body, view, trace_id, span_id, sampled, evaluation.variant
+                request,
+                forwarded,
+                body,
+                view,
+                trace_id,
+                span_id,
+                sampled,
+                mode,
             )
+            if mode in LEDGER_ANSWERS and view is not None and self.answerer is not None:
+                ledger_started = loop.time()
+                answered = await self._ledger_answer(request, forwarded, body, view, mirrored, mode)
+                if answered is not None:  # else the ledger could not decide: legacy answers
+                    ledger_seconds = loop.time() - ledger_started
+                    if self.metrics is not None:
+                        self.metrics.upstream_duration.labels(
+                            "ledger", operation, "success"
+                        ).observe(ledger_seconds)
+                    status = answered.status
+                    outcome = outcome_of_status(status)
+                    return answered
             legacy_started = loop.time()
             try:
                 with self.tracer.start_as_current_span(
@@ -365,10 +395,14 @@ class Proxy:
             account = view.first(ACCOUNT_FIELDS) if view is not None else None
             if evaluation is None:
                 evaluation = self._mode(account)
-            mode = evaluation.variant.value
+            answered_in = evaluation.variant.value
+            if ledger_seconds is None and evaluation.variant in LEDGER_ANSWERS:
+                answered_in = Mode.SHADOW.value  # the ledger could not decide: legacy answered
             tier = None
             if self.metrics is not None:
-                tier = self.metrics.request(operation, outcome, account, seconds, trace_id, mode)
+                tier = self.metrics.request(
+                    operation, outcome, account, seconds, trace_id, answered_in
+                )
             if requests_log.isEnabledFor(logging.INFO):
                 requests_log.info(
                     "request completed",
@@ -376,7 +410,7 @@ class Proxy:
                         "event": "request_completed",
                         "operation": operation,
                         "outcome": outcome,
-                        "mode": mode,
+                        "mode": answered_in,
                         "flag_reason": evaluation.reason.value,
                         "cohort": evaluation.cohort,
                         "method": request.method,
@@ -388,11 +422,80 @@ class Proxy:
                         "legacy_latency_seconds": (
                             round(legacy_seconds, 6) if legacy_seconds is not None else None
                         ),
-                        "ledger_latency_seconds": None,  # not on the customer path in shadow
+                        "ledger_latency_seconds": (
+                            round(ledger_seconds, 6) if ledger_seconds is not None else None
+                        ),
                         "trace_id": trace_id,
                         "span_id": span_id,
                     },
                 )
+
+    async def _ledger_answer(
+        self,
+        request: web.Request,
+        forwarded: CIMultiDict[str],
+        body: bytes,
+        view: _Fields,
+        mirrored: _Mirrored | None,
+        mode: Mode,
+    ) -> web.Response | None:
+        """The ledger's answer in the legacy API's shape, or None when the ledger cannot decide
+        (the legacy service answers then, as in shadow mode). In ledger-primary the legacy
+        service gets the request in the background and its answer is the recorded outcome."""
+        assert self.answerer is not None
+        route = view.matched.route
+        if route.answer is None:
+            return None
+        exchange = Exchange(
+            method=request.method,
+            path=request.path,
+            request=_json_or_missing(body),
+            headers={k: v for k, v in request.headers.items()},
+            query={k: v for k, v in request.query.items()},
+        )
+        with self.tracer.start_as_current_span(f"ledger {route.operation.value}"):
+            decided = await self.answerer.decide(view.matched, exchange)
+        if decided is None:
+            return None
+        status, answer = decided
+        if mirrored is not None:
+            if mode is Mode.LEDGER_ONLY:
+                await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
+            elif self.shadow_calls is not None:
+                url = self.settings.legacy_url + request.rel_url.raw_path_qs
+                method = request.method
+                PROPAGATOR.inject(forwarded)
+                self.shadow_calls.start(
+                    lambda: self._shadow_legacy(method, url, forwarded, body, mirrored),
+                    lambda: mirrored.record(RecordKind.OUTCOME, {"error": "shadow_call_skipped"}),
+                )
+        return web.json_response(answer, status=status)
+
+    async def _shadow_legacy(
+        self, method: str, url: str, headers: CIMultiDict[str], body: bytes, mirrored: _Mirrored
+    ) -> None:
+        """The legacy service's answer to a request the ledger answered, as its outcome."""
+        try:
+            async with self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+                timeout=self.timeout,
+            ) as upstream:
+                answer = await upstream.read()
+                status, answered = upstream.status, end_to_end(upstream.headers)
+            content: dict[str, Any] = {
+                "status": status,
+                "headers": header_pairs(answered),
+                **_body_for_stream(answer, answered.get("Content-Encoding")),
+            }
+        except TimeoutError:
+            content = {"error": "legacy_timeout"}
+        except aiohttp.ClientError:
+            content = {"error": "legacy_unreachable"}
+        await mirrored.record(RecordKind.OUTCOME, content)
 
     def _mode(self, account: str | None) -> Evaluation:
         """The flag's verdict for ``account``; never fails the customer (a failed evaluation
@@ -420,8 +523,9 @@ class Proxy:
         sampled: bool = False,
         mode: Mode = Mode.SHADOW,
     ) -> _Mirrored | None:
-        """In shadow mode, record a mapped request before it is forwarded; count the rest."""
-        if mode is not Mode.SHADOW or self.capture is None:
+        """Record a mapped request before it is forwarded or decided (every mode but legacy);
+        count the rest."""
+        if mode is Mode.LEGACY or self.capture is None:
             return None
         if view is None:
             self.stats.unmapped += 1
@@ -441,6 +545,8 @@ class Proxy:
             {
                 # the request's server span: the shadow worker's spans join its trace
                 **({"span_id": span_id, "sampled": sampled} if span_id else {}),
+                # the ledger decides it first: its command is built from the request alone
+                **({"answered_by": "ledger"} if mode in LEDGER_ANSWERS else {}),
                 "method": request.method,
                 "path": request.path,
                 "query": [[k, v] for k, v in request.query.items()],
@@ -457,6 +563,20 @@ class Proxy:
         if mirrored is not None:
             await mirrored.record(RecordKind.OUTCOME, {"error": code})
         return problem(status, code, message)
+
+
+#: modes where the ledger answers the customer
+LEDGER_ANSWERS = frozenset({Mode.LEDGER_PRIMARY, Mode.LEDGER_ONLY})
+
+
+def _json_or_missing(body: bytes) -> Any:
+    """A request body as JSON with exact decimals (as the applier reads it), or MISSING."""
+    if not body:
+        return MISSING
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        return MISSING
 
 
 def _configured(mode: Mode) -> Callable[[str | None], Evaluation]:

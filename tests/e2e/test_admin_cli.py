@@ -89,7 +89,7 @@ def test_the_operator_shell_over_the_admin_api(
     evaluated = cli("admin", "--json", "evaluate", "CUST-00001", env=env)
     assert json.loads(evaluated.stdout)["reason"] == "TARGETING_MATCH"
     too_soon = cli("admin", "set-default", "--to", "ledger-primary", *reason, env=env)
-    assert too_soon.returncode == 1 and "mode_unavailable" in too_soon.stderr
+    assert too_soon.returncode == 1 and "flip_required" in too_soon.stderr
     operator = cli(
         "admin", "--json", "token-create", "--name", "op", "--role", "operator", *reason, env=env
     )
@@ -103,7 +103,7 @@ def test_the_operator_shell_over_the_admin_api(
         ("token.create", True),  # the bootstrap
         ("token.create", False),  # the second bootstrap, refused
         ("flag.set_cohort", True),
-        ("flag.set_default", False),  # ledger-primary: not available
+        ("flag.set_default", False),  # ledger-primary: a flip, not a setting
         ("token.create", True),
         ("flag.set_default", False),  # the operator
     ]
@@ -130,8 +130,9 @@ def test_the_operator_shell_over_the_admin_api(
     assert flipped.returncode == 0 and "flipped default: legacy -> shadow" in flipped.stdout
     back = cli("flip", "--to", "legacy", *reason, env=env)
     assert back.returncode == 0, back.stderr
-    unavailable = cli("flip", "--to", "ledger-primary", *reason, env=env)
-    assert unavailable.returncode == 1 and "mode_unavailable" in unavailable.stderr
+    gated = cli("flip", "--to", "ledger-primary", *reason, env=env)
+    assert gated.returncode == 1 and "not_ready" in gated.stderr  # nothing compared: no GO
+    assert "readiness of everyone: INCONCLUSIVE" in gated.stderr  # the report says why
 
     replayed = cli("admin", "replay", "--wait", "--reason", "check the mapping", env=env)
     assert replayed.returncode == 0, replayed.stderr

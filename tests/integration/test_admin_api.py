@@ -121,7 +121,7 @@ async def test_roles_get_the_least_they_need_and_refusals_are_recorded(
     operator = await token(pool, Role.OPERATOR)
     status, modes = await one.call("GET", "/modes", viewer)
     assert (status, modes["default"], modes["version"]) == (200, "legacy", 0)
-    assert modes["available"] == ["legacy", "shadow"]
+    assert modes["available"] == ["ledger-only", "ledger-primary", "legacy", "shadow"]
     for who in (viewer, operator):
         status, answer = await one.call(
             "PUT", "/modes/default", who, json={"mode": "shadow", "reason": "not mine"}
@@ -175,7 +175,20 @@ async def test_a_mode_change_writes_one_record_with_before_after_reason_and_trac
         ("PUT", "/modes/default", {"mode": "primary", "reason": "typo"}, 400, "invalid_request"),
         ("PUT", "/modes/default", {"mode": "shadow", "reason": "x", "extra": 1}, 400, None),
         ("PUT", "/modes/default", "not json", 400, "invalid_request"),
-        ("PUT", "/modes/default", {"mode": "ledger-primary", "reason": "too soon"}, 409, None),
+        (
+            "PUT",
+            "/modes/default",
+            {"mode": "ledger-primary", "reason": "too soon"},
+            409,
+            "flip_required",
+        ),
+        (
+            "PUT",
+            "/modes/cohorts/canary",
+            {"mode": "ledger-only", "percent": 5, "reason": "too soon"},
+            409,
+            "flip_required",
+        ),
         ("PUT", "/modes/cohorts/canary", {"mode": "shadow", "reason": "wave"}, 400, None),
         (
             "PUT",
