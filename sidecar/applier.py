@@ -658,9 +658,14 @@ class Applier:
                 commands.append(command)
                 owners.append(item)
         account_ids, keys = keys_needed(commands)
-        # the applier is the ledger's only writer: the balances its last plans left are
-        # current (a stale one makes post_batch refuse the plan; the group is then read again
-        # with the cache cleared)
+        # in shadow mode the applier is the ledger's only writer: the balances its last plans
+        # left are current (a stale one makes post_batch refuse the plan; the group is then
+        # read again with the cache cleared). The accounts of requests the ledger answered
+        # itself (ledger-primary) were moved by the sidecar meanwhile: read them again
+        for item, command in zip(owners, commands, strict=True):
+            if item.intent is not None and item.intent.record.content.get("answered_by"):
+                for account in keys_needed([command])[0]:
+                    self._accounts.pop(account, None)
         cached = {a: self._accounts[a] for a in account_ids if a in self._accounts}
         view = await self.store.load(account_ids - cached.keys(), keys)
         plan = plan_batch(

@@ -17,8 +17,9 @@ from sidecar.db.admin_store import PostgresAdminStore
 from sidecar.demo.shadow_demo import ShadowStack
 from sidecar.domain.audit import AuditRecord
 from sidecar.domain.flags import Mode
+from sidecar.verify import verify
 
-from tests.integration.test_shadow import CUSTOMERS, shadow_settings
+from tests.integration.test_shadow import CUSTOMERS, shadow_settings, traffic
 
 #: fields each side makes up for itself: never compared
 VOLATILE = {"payment_id", "refund_id", "created_at", "opened_at", "as_of"}
@@ -227,3 +228,27 @@ async def test_ledger_only_answers_without_asking_legacy(
         "SELECT count(*) FROM comparisons WHERE outcome = 'skipped' AND detail LIKE 'ledger-only%'"
     )
     assert skipped == len(answers)
+
+
+async def test_concurrent_traffic_in_ledger_primary_loses_nothing_and_applies_nothing_twice(
+    stack: ShadowStack, pool: asyncpg.Pool, db: DatabaseSettings
+) -> None:
+    await set_mode(stack, pool, Mode.LEDGER_PRIMARY)
+    report = await traffic(stack, 2.0, seed=21)
+    assert report.errors == 0 and 500 not in report.by_status
+    await set_mode(stack, pool, Mode.SHADOW)
+    await stack.settle()
+    mapped = await pool.fetchval(
+        "SELECT count(*) FROM mirror_events WHERE kind = 'intent' AND route IS NOT NULL"
+        " AND NOT content ? 'bootstrap'"
+    )
+    compared = await pool.fetchval(
+        "SELECT count(*) FROM comparisons WHERE operation NOT LIKE 'bootstrap%'"
+    )
+    assert compared == mapped > 100  # every request the ledger answered is compared
+    answered = await pool.fetchval(
+        "SELECT count(*) FROM mirror_events WHERE kind = 'intent' AND content ? 'answered_by'"
+    )
+    assert answered > 100
+    report_ = await verify(db)
+    assert report_.ok, report_.to_dict()  # chain, rows, trial balance: nothing twice
