@@ -43,6 +43,7 @@ from sidecar.domain.flags import FLAG_KEY, Evaluation, Mode, Reason
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 from sidecar.domain.translate import Exchange
+from sidecar.errors import InvalidCommand, SidecarError
 from sidecar.proxy.ledger_answer import LedgerAnswerer, ShadowCalls
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
 from sidecar.telemetry.tracing import PROPAGATOR, ids_of
@@ -455,8 +456,13 @@ class Proxy:
         )
         with self.tracer.start_as_current_span(f"ledger {route.operation.value}"):
             decided = await self.answerer.decide(view.matched, exchange)
-        if decided is None:
-            return None
+        if isinstance(decided, SidecarError):
+            if mode is not Mode.LEDGER_ONLY:
+                return None  # ledger-primary: the legacy service answers, as in shadow
+            if mirrored is not None:
+                await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
+            status = 422 if isinstance(decided, InvalidCommand) else 503
+            return problem(status, decided.code, decided.message)
         status, answer = decided
         if mirrored is not None:
             if mode is Mode.LEDGER_ONLY:

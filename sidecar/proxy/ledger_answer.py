@@ -6,9 +6,11 @@ request's outcome in the mirror stream, where the applier compares the two in re
 ledger's key makes its replay a no-op, so nothing is applied twice).
 
 Guarantees (tests/integration/test_ledger_primary.py):
-- The customer's answer is rendered from what the ledger committed; a request the ledger cannot
-  decide (malformed, the ledger unreachable) is answered by the legacy service as in shadow
-  mode, and the applier then applies it from the stream as it would in shadow.
+- The customer's answer is rendered from what the ledger committed. A request the ledger cannot
+  decide (malformed, the ledger unreachable) is answered, in ledger-primary, by the legacy
+  service as in shadow mode (the applier then applies it from the stream as it would in
+  shadow); in ledger-only, by the sidecar itself: a JSON 422 (malformed) or 503 (the ledger
+  unreachable) with the error's code.
 - Background legacy calls are bounded (``legacy_connections_max`` at once, a queue of
   ``capture.queue_records_max``); beyond that the call is skipped and its outcome says so.
 - Stopping waits for background calls, then cancels what is left; each has an outcome.
@@ -58,19 +60,22 @@ class LedgerAnswerer:
         self.store = store
         self.currencies = currencies
 
-    async def decide(self, matched: MatchedRoute, exchange: Exchange) -> tuple[int, Any] | None:
-        """The (status, body) the legacy API would give for what the ledger did; None when the
-        ledger cannot decide this request (it is then answered by the legacy service)."""
+    async def decide(
+        self, matched: MatchedRoute, exchange: Exchange
+    ) -> tuple[int, Any] | SidecarError:
+        """The (status, body) the legacy API would give for what the ledger did, or why the
+        ledger cannot decide this request (ledger-primary then lets the legacy service answer;
+        ledger-only says so itself)."""
         route = matched.route
         assert route.answer is not None
         try:
             decided = await self._on_ledger(matched, exchange)
         except InvalidCommand as exc:
             log.info("ledger cannot decide", extra={"event": "ledger_primary", "code": exc.code})
-            return None
-        except SidecarError as exc:  # the ledger unavailable or busy: legacy answers
+            return exc
+        except SidecarError as exc:  # the ledger unavailable or busy
             log.warning("ledger unavailable", extra={"event": "ledger_primary", "code": exc.code})
-            return None
+            return exc
         return render(
             route.answer,
             decided,

@@ -115,6 +115,16 @@ def scenario(run: str) -> list[tuple[str, str, dict[str, str], Any]]:
             {"Idempotency-Key": key("r3")},
             {"original_idempotency_key": key("never")},
         ),
+        # not money: the ledger cannot decide it, so the legacy service answers, as in shadow
+        (
+            "POST",
+            pay.format("CUST-00003"),
+            {"Idempotency-Key": key("bad")},
+            {
+                "beneficiary": {"account_number": "NEW-1"},
+                "amount": {"value": "lots", "currency": "EUR"},
+            },
+        ),
         ("GET", "/v1/accounts/NEW-1/balance", {}, None),
         ("GET", "/v1/accounts/CUST-00001/balance", {}, None),
         ("GET", "/v1/accounts/NOBODY/balance", {}, None),
@@ -167,21 +177,8 @@ async def test_the_customer_sees_the_same_answers_in_shadow_and_ledger_primary(
         await drop_schema(db, other.schema)
     assert [status for status, _ in answered] == [status for status, _ in shadowed]
     assert answered == shadowed
-    assert [s for s, _ in shadowed] == [
-        200,
-        201,
-        409,
-        201,
-        201,
-        402,
-        422,
-        201,
-        409,
-        404,
-        200,
-        200,
-        404,
-    ]
+    statuses = [200, 201, 409, 201, 201, 402, 422, 201, 409, 404, 422, 200, 200, 404]
+    assert [s for s, _ in shadowed] == statuses
 
 
 async def test_ledger_primary_writes_first_and_flipping_back_loses_nothing(
@@ -223,6 +220,9 @@ async def test_ledger_only_answers_without_asking_legacy(
     answers = await play(stack, run)
     assert stack.legacy.state.requests == before  # legacy never asked
     assert [s for s, _ in answers][:4] == [200, 201, 409, 201]
+    # what the ledger cannot decide gets the sidecar's own clear 4xx: there is no one else
+    status, said = answers[10]
+    assert (status, said["code"]) == (422, "invalid_command") and "lots" in said["message"]
     await stack.settle()
     skipped = await pool.fetchval(
         "SELECT count(*) FROM comparisons WHERE outcome = 'skipped' AND detail LIKE 'ledger-only%'"
