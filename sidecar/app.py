@@ -31,6 +31,7 @@ from sidecar.applier import Applier
 from sidecar.capture import Capture
 from sidecar.config import Settings
 from sidecar.db.admin_store import PostgresAdminStore
+from sidecar.db.answer_store import PostgresAnswerStore
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.db.connect import create_pool
 from sidecar.db.ledger_store import PostgresLedgerStore
@@ -42,10 +43,11 @@ from sidecar.domain.readiness import Report
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.flag_watch import FlagWatcher
 from sidecar.in_doubt import InDoubtResolver
+from sidecar.legacy_delivery import LegacyDelivery
 from sidecar.mapping_file import load_route_table
 from sidecar.posting import Ledger
 from sidecar.proxy.app import Proxy, legacy_session
-from sidecar.proxy.ledger_answer import LedgerAnswerer, ShadowCalls
+from sidecar.proxy.ledger_answer import LedgerAnswerer
 from sidecar.readiness import readiness
 from sidecar.slo_file import load_slo_file
 from sidecar.telemetry.endpoint import METRICS_PATH, WorkerScrape, metrics_handler
@@ -77,6 +79,7 @@ class ShadowWorker:
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
     applier: Applier | None = None
     resolver: InDoubtResolver | None = None
+    delivery: LegacyDelivery | None = None
     sampler: HealthSampler | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
@@ -127,6 +130,12 @@ class ShadowWorker:
             )
             self.resolver.start()
             stack.push_async_callback(self.resolver.stop)
+            # 5. what the ledger answered (ledger-primary), delivered to the legacy service
+            self.delivery = LegacyDelivery(
+                stream, routes, session, settings.proxy.legacy_url, settings.proxy.legacy_timeout_s
+            )
+            self.delivery.start()
+            stack.push_async_callback(self.delivery.stop)
             applier, resolver = self.applier, self.resolver
             self.metrics.register(StatsCollector(lambda: worker_families(applier, resolver)))
         except BaseException:
@@ -256,7 +265,6 @@ class Sidecar:
             capture = None
             pool = None
             answerer: LedgerAnswerer | None = None
-            shadow_calls: ShadowCalls | None = None
             if routes is not None:
                 await migrate(settings.database)
                 pool = await create_pool(settings.database)
@@ -286,13 +294,9 @@ class Sidecar:
                     ledger = Ledger(ledger_store, settings.ledger)
                     await ledger.start()
                     stack.push_async_callback(ledger.stop)
-                    answerer = LedgerAnswerer(ledger, ledger_store, routes.currencies)
-                    # stopped before capture (callbacks run in reverse): every call's outcome
-                    # is recorded
-                    shadow_calls = ShadowCalls(
-                        settings.proxy.legacy_connections_max, settings.capture.queue_records_max
+                    answerer = LedgerAnswerer(
+                        ledger, ledger_store, routes.currencies, PostgresAnswerStore(pool)
                     )
-                    stack.push_async_callback(shadow_calls.stop)
                 # 2c. the cutover flag, followed at run time
                 admin_store = PostgresAdminStore(pool, Mode(settings.proxy.mode))
                 self.flags = FlagWatcher(
@@ -314,7 +318,6 @@ class Sidecar:
                 latency_slo_s=latency_slo_s,
                 mode_of=self._mode_of() if self.flags is not None else None,
                 answerer=answerer,
-                shadow_calls=shadow_calls,
             )
             worker = None
             if self.worker_metrics_url is not None:

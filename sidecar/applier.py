@@ -48,6 +48,7 @@ from sidecar.domain.bootstrap import (
 )
 from sidecar.domain.comparison import (
     Comparison,
+    Difference,
     DivergenceKind,
     Outcome,
     SideStatus,
@@ -68,7 +69,14 @@ from sidecar.domain.ledger import (
     keys_needed,
     plan_batch,
 )
-from sidecar.domain.mapping import MISSING, CompareKind, CompareRule, MatchedRoute, RouteTable
+from sidecar.domain.mapping import (
+    MISSING,
+    CompareKind,
+    CompareRule,
+    MatchedRoute,
+    Operation,
+    RouteTable,
+)
 from sidecar.domain.mirror import Checkpoint, MirrorEvent, RecordKind
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
 from sidecar.domain.shadow import (
@@ -495,13 +503,15 @@ class Applier:
         item.matched = matched
         legacy_status, code = legacy_side(matched.route, item.exchange)
         item.legacy_status, item.legacy_code = legacy_status, code
-        if legacy_status is SideStatus.ERROR:
-            return  # nothing to apply: the legacy service did not decide
+        undelivered = item.outcome.record.content.get("error") == "legacy_undelivered"
+        if legacy_status is SideStatus.ERROR and not undelivered:
+            return  # nothing to apply: the legacy service did not decide (undelivered: the
+            # ledger did; its result is compared with nothing, a monetary divergence)
         # a request the ledger answered first (ledger-primary) was posted from the request
         # alone: built the same way, its replay is the same command (no idempotency conflict)
         exchange = (
             replace(item.exchange, answer=MISSING)
-            if item.intent.record.content.get("answered_by") == "ledger"
+            if _answered(item) and matched.route.operation is not Operation.BALANCE
             else item.exchange
         )
         try:
@@ -651,21 +661,31 @@ class Applier:
         self._stand_in(ordered, existing)
         commands: list[Command] = []
         owners: list[_Item] = []
+        # transfers the ledger answered itself (ledger-primary) are not applied again: what it
+        # did under their key is looked up (posted, refused, or nothing, when it refused them
+        # as unknown), so a retry answered from the kept answer can never post them late
+        looked_up: list[_Item] = []
         for item in ordered:
             if item.skip is not None:
+                continue
+            if _answered(item) and isinstance(item.command, Transfer | Reversal):
+                looked_up.append(item)
                 continue
             for command in item.opening or ([item.command] if item.command else []):
                 commands.append(command)
                 owners.append(item)
         account_ids, keys = keys_needed(commands)
+        keys = keys | {
+            i.command.key for i in looked_up if isinstance(i.command, Transfer | Reversal)
+        }
         # in shadow mode the applier is the ledger's only writer: the balances its last plans
         # left are current (a stale one makes post_batch refuse the plan; the group is then
         # read again with the cache cleared). The accounts of requests the ledger answered
         # itself (ledger-primary) were moved by the sidecar meanwhile: read them again
-        for item, command in zip(owners, commands, strict=True):
-            if item.intent is not None and item.intent.record.content.get("answered_by"):
-                for account in keys_needed([command])[0]:
-                    self._accounts.pop(account, None)
+        for item in looked_up:
+            assert item.command is not None
+            for account in keys_needed([item.command])[0]:
+                self._accounts.pop(account, None)
         cached = {a: self._accounts[a] for a in account_ids if a in self._accounts}
         view = await self.store.load(account_ids - cached.keys(), keys)
         plan = plan_batch(
@@ -673,6 +693,12 @@ class Applier:
         )
         ledger_at = [Checkpoint(LEDGER_CONSUMER, p, last) for p in range(self.partitions)]
         compare_at = [Checkpoint(COMPARE_CONSUMER, p, last) for p in range(self.partitions)]
+
+        for item in looked_up:
+            asked = item.command
+            assert isinstance(asked, Transfer | Reversal)
+            record = view.transfers.get(asked.key)
+            item.result = record.outcome(replayed=True) if record is not None else NotPosted(asked)
 
         async def finish(first_seq: int | None, ledger: BalanceReader) -> list[ComparisonRecord]:
             results = plan.results if first_seq is None else plan.with_first_seq(first_seq)
@@ -761,7 +787,16 @@ class Applier:
                 item.matched.path_params if item.matched else {},
                 rejection_outcome(route, item.legacy_code),
             )
-            if item.legacy_status is SideStatus.ERROR:
+            undelivered = item.outcome.record.content.get("error") == "legacy_undelivered"
+            if item.legacy_status is SideStatus.ERROR and undelivered and _moved(item.result):
+                # the ledger answered and moved money; the legacy service never took it
+                missing = Difference("status", DivergenceKind.MISSING_IN_LEGACY, None, "accepted")
+                comparison = Comparison(
+                    Outcome.MISMATCH,
+                    (missing,),
+                    detail="answered by the ledger; never delivered to the legacy service",
+                )
+            elif item.legacy_status is SideStatus.ERROR:
                 comparison = Comparison(Outcome.LEGACY_ERROR, detail=legacy.error)
             else:
                 ledger = ledger_result(item.request, item.result, item.legacy_status)  # type: ignore[arg-type]
@@ -988,6 +1023,33 @@ def _seq_of(result: Result | int | None) -> int | None:
     if isinstance(result, TransferOutcome) and result.replayed:
         return None
     return _place_of(result)
+
+
+class NotPosted(SidecarError):
+    """A transfer the ledger answered itself and refused before recording it (an unknown
+    account, an unknown payment to refund): nothing is under its key."""
+
+    def __init__(self, command: Transfer | Reversal) -> None:
+        super().__init__(f"the ledger posted nothing under {command.key}")
+        self.code = "unknown_transfer" if isinstance(command, Reversal) else "unknown_account"
+
+
+def _answered(item: _Item) -> bool:
+    """Whether the ledger answered this request itself and the legacy service got it later
+    (ledger-primary, delivered from the stream). A request the ledger could not decide was
+    answered by the legacy service at once, as in shadow mode: not this."""
+    return (
+        item.intent is not None
+        and item.intent.record.content.get("answered_by") is not None
+        and bool(item.outcome.record.content.get("delivered"))
+    )
+
+
+def _moved(result: object) -> bool:
+    """Whether the ledger's result moved or made something (a posted transfer, a new account)."""
+    if isinstance(result, TransferOutcome):
+        return result.posted  # replayed too: the ledger answered it, and posted it then
+    return isinstance(result, AccountOutcome)
 
 
 def _place_of(result: Result | int | None) -> int | None:

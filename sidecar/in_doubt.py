@@ -15,6 +15,9 @@ Guarantees (tests/integration/test_in_doubt.py):
   replayed, so resolving can never make a payment happen.
 - Each intent is resolved at most once (the stream keeps one outcome per request); a lookup
   that fails (5xx, unreachable) leaves the intent in doubt for the next attempt.
+- A request the ledger answered is not in doubt: in ledger-primary its delivery to the legacy
+  service records the outcome (``sidecar.legacy_delivery``); in ledger-only it is closed as
+  such.
 """
 
 from __future__ import annotations
@@ -65,8 +68,14 @@ async def resolve_in_doubt(
     be resolved."""
     report = InDoubtReport()
     for intent in await stream.in_doubt(up_to_seq, after_seq):
+        answered_by = intent.record.content.get("answered_by")
+        if answered_by == "ledger-primary":
+            continue  # not in doubt: the ledger answered; legacy delivery records its outcome
         report.found += 1
-        outcome = await _resolution(intent, routes, session, legacy_url, timeout_s)
+        if answered_by == "ledger-only":  # the ledger answered; legacy was never to be asked
+            outcome: dict[str, object] = {"ledger_only": True, "in_doubt": "ledger_only"}
+        else:
+            outcome = await _resolution(intent, routes, session, legacy_url, timeout_s)
         if outcome is RETRY:
             report.unresolved.append(intent.seq)
             continue

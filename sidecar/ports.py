@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.domain.ledger import BatchPlan, LedgerView
 from sidecar.domain.mirror import Checkpoint, MirrorEvent, MirrorRecord
@@ -90,3 +90,11 @@ class MirrorLog(Protocol):
     async def offset(self, consumer: str, partition: int) -> int: ...
 
     async def commit_offset(self, consumer: str, partition: int, seq: int) -> None: ...
+
+
+class AnswerStore(Protocol):
+    """The answers the ledger gave, by route and legacy idempotency key (ledger-primary)."""
+
+    async def get(self, route: str, key: str) -> tuple[int, Any] | None: ...
+
+    async def put(self, route: str, key: str, status: int, body: Any) -> tuple[int, Any]: ...

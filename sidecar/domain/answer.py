@@ -11,6 +11,8 @@ Guarantees (tests/unit/test_answer.py):
   the route's fields are. A whole-string placeholder keeps its type (an amount in minor units
   stays a number); one inside a longer string is text.
 - Amounts are rendered exactly, in the route's amount format: 1234 EUR minor is "12.34".
+- Rendering never fails once the ledger has decided (the answer is owed): a value that is not
+  there renders as null, a currency the mapping does not know as minor units.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sidecar.domain.mapping import (
@@ -181,6 +184,8 @@ def render(
             whole = _PLACEHOLDER.fullmatch(node)
             if whole:
                 found = value(whole.group(1))
+                if isinstance(found, Decimal):  # a number from the request, kept exact
+                    return int(found) if found == found.to_integral_value() else str(found)
                 return None if found is MISSING else found
             return _PLACEHOLDER.sub(
                 lambda m: "" if (v := value(m.group(1))) is MISSING else str(v), node
@@ -197,8 +202,8 @@ def render(
 def _money(
     minor: int, currency: Any, amount_format: AmountFormat, currencies: Mapping[str, int]
 ) -> Any:
-    if amount_format is AmountFormat.MINOR or not isinstance(currency, str):
-        return minor
+    if amount_format is AmountFormat.MINOR or currency not in currencies:
+        return minor  # a currency the mapping does not know: its exponent is unknown
     return Amount(minor, Currency(currency, currencies[currency])).format()
 
 

@@ -43,8 +43,8 @@ from sidecar.domain.flags import FLAG_KEY, Evaluation, Mode, Reason
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 from sidecar.domain.translate import Exchange
-from sidecar.errors import InvalidCommand, SidecarError
-from sidecar.proxy.ledger_answer import LedgerAnswerer, ShadowCalls
+from sidecar.errors import IdempotencyConflict, InvalidCommand, SidecarError
+from sidecar.proxy.ledger_answer import LedgerAnswerer
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
 from sidecar.telemetry.tracing import PROPAGATOR, ids_of
 
@@ -117,7 +117,7 @@ def problem(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
-def _body_for_stream(body: bytes, encoding: str | None = None) -> dict[str, Any]:
+def body_for_stream(body: bytes, encoding: str | None = None) -> dict[str, Any]:
     """The body as the mirror stream keeps it: text if it is UTF-8, decoded first if it came
     gzip- or deflate-compressed (the bytes on the wire are untouched), base64 otherwise."""
     coding = (encoding or "").strip().lower()
@@ -219,11 +219,9 @@ class Proxy:
         latency_slo_s: float = 0.25,
         mode_of: Callable[[str | None], Evaluation] | None = None,
         answerer: LedgerAnswerer | None = None,
-        shadow_calls: ShadowCalls | None = None,
     ) -> None:
         #: the ledger answering (ledger-primary, ledger-only); None: legacy always answers
         self.answerer = answerer
-        self.shadow_calls = shadow_calls
         if settings.mode == "shadow" and (routes is None or capture is None):
             raise ValueError("shadow mode needs a route table and a capture")
         self.settings = settings
@@ -373,7 +371,7 @@ class Proxy:
                     {
                         "status": status,
                         "headers": header_pairs(headers),
-                        **_body_for_stream(answer, headers.get("Content-Encoding")),
+                        **body_for_stream(answer, headers.get("Content-Encoding")),
                     },
                 )
             return response
@@ -442,7 +440,7 @@ class Proxy:
     ) -> web.Response | None:
         """The ledger's answer in the legacy API's shape, or None when the ledger cannot decide
         (the legacy service answers then, as in shadow mode). In ledger-primary the legacy
-        service gets the request in the background and its answer is the recorded outcome."""
+        service gets the request later, from the stream (sidecar.legacy_delivery)."""
         assert self.answerer is not None
         route = view.matched.route
         if route.answer is None:
@@ -461,47 +459,21 @@ class Proxy:
                 return None  # ledger-primary: the legacy service answers, as in shadow
             if mirrored is not None:
                 await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
-            status = 422 if isinstance(decided, InvalidCommand) else 503
+            if isinstance(decided, IdempotencyConflict):
+                status = 409
+            else:
+                status = 422 if isinstance(decided, InvalidCommand) else 503
             return problem(status, decided.code, decided.message)
         status, answer = decided
-        if mirrored is not None:
-            if mode is Mode.LEDGER_ONLY:
-                await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
-            elif self.shadow_calls is not None:
-                url = self.settings.legacy_url + request.rel_url.raw_path_qs
-                method = request.method
-                PROPAGATOR.inject(forwarded)
-                self.shadow_calls.start(
-                    lambda: self._shadow_legacy(method, url, forwarded, body, mirrored),
-                    lambda: mirrored.record(RecordKind.OUTCOME, {"error": "shadow_call_skipped"}),
-                )
-        return web.json_response(answer, status=status)
-
-    async def _shadow_legacy(
-        self, method: str, url: str, headers: CIMultiDict[str], body: bytes, mirrored: _Mirrored
-    ) -> None:
-        """The legacy service's answer to a request the ledger answered, as its outcome."""
+        if mirrored is not None and mode is Mode.LEDGER_ONLY:
+            await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
+        # ledger-primary: the legacy service gets it from the stream, in order, after a grace
+        # period (sidecar.legacy_delivery); its answer is the outcome the applier compares
         try:
-            async with self.session.request(
-                method,
-                url,
-                headers=headers,
-                data=body if body else None,
-                allow_redirects=False,
-                timeout=self.timeout,
-            ) as upstream:
-                answer = await upstream.read()
-                status, answered = upstream.status, end_to_end(upstream.headers)
-            content: dict[str, Any] = {
-                "status": status,
-                "headers": header_pairs(answered),
-                **_body_for_stream(answer, answered.get("Content-Encoding")),
-            }
-        except TimeoutError:
-            content = {"error": "legacy_timeout"}
-        except aiohttp.ClientError:
-            content = {"error": "legacy_unreachable"}
-        await mirrored.record(RecordKind.OUTCOME, content)
+            return web.json_response(answer, status=status)
+        except (TypeError, ValueError):  # the ledger has decided: the answer is owed as it is
+            text = json.dumps(answer, default=str)
+            return web.Response(text=text, status=status, content_type="application/json")
 
     def _mode(self, account: str | None) -> Evaluation:
         """The flag's verdict for ``account``; never fails the customer (a failed evaluation
@@ -552,12 +524,12 @@ class Proxy:
                 # the request's server span: the shadow worker's spans join its trace
                 **({"span_id": span_id, "sampled": sampled} if span_id else {}),
                 # the ledger decides it first: its command is built from the request alone
-                **({"answered_by": "ledger"} if mode in LEDGER_ANSWERS else {}),
+                **({"answered_by": mode.value} if mode in LEDGER_ANSWERS else {}),
                 "method": request.method,
                 "path": request.path,
                 "query": [[k, v] for k, v in request.query.items()],
                 "headers": header_pairs(forwarded),
-                **_body_for_stream(body, request.headers.get("Content-Encoding")),
+                **body_for_stream(body, request.headers.get("Content-Encoding")),
             },
         )
         return mirrored
@@ -610,4 +582,12 @@ async def legacy_session(settings: ProxySettings) -> aiohttp.ClientSession:
     )
 
 
-__all__ = ["Proxy", "ProxyStats", "end_to_end", "legacy_session", "serve"]
+__all__ = [
+    "Proxy",
+    "ProxyStats",
+    "body_for_stream",
+    "end_to_end",
+    "header_pairs",
+    "legacy_session",
+    "serve",
+]

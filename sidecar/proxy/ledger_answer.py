@@ -1,9 +1,9 @@
 """The ledger answering customers (``ledger-primary``, ``ledger-only``): a mapped request is
 turned into a ledger command, posted (durable before the answer goes out), and answered in the
 legacy API's shape through the route's ``[route.answer]``. In ``ledger-primary`` the legacy
-service then gets the same request in the background, and its answer is recorded as the
-request's outcome in the mirror stream, where the applier compares the two in reverse (the
-ledger's key makes its replay a no-op, so nothing is applied twice).
+service then gets the same request from the mirror stream (``sidecar.legacy_delivery``), and
+its answer is the request's outcome, which the applier compares in reverse (the ledger's key
+makes its replay a no-op, so nothing is applied twice).
 
 Guarantees (tests/integration/test_ledger_primary.py):
 - The customer's answer is rendered from what the ledger committed. A request the ledger cannot
@@ -11,18 +11,13 @@ Guarantees (tests/integration/test_ledger_primary.py):
   service as in shadow mode (the applier then applies it from the stream as it would in
   shadow); in ledger-only, by the sidecar itself: a JSON 422 (malformed) or 503 (the ledger
   unreachable) with the error's code.
-- Background legacy calls are bounded (``legacy_connections_max`` at once, a queue of
-  ``capture.queue_records_max``); beyond that the call is skipped and its outcome says so.
-- Stopping waits for background calls, then cancels what is left; each has an outcome.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +34,7 @@ from sidecar.errors import (
     UnknownAccount,
     UnknownTransfer,
 )
-from sidecar.ports import LedgerStore
+from sidecar.ports import AnswerStore, LedgerStore
 from sidecar.posting import Ledger
 
 log = logging.getLogger(__name__)
@@ -55,10 +50,18 @@ _REFUSAL_OF: tuple[tuple[type[SidecarError], str], ...] = (
 class LedgerAnswerer:
     """Decides mapped requests on the ledger and renders the legacy API's answer."""
 
-    def __init__(self, ledger: Ledger, store: LedgerStore, currencies: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: LedgerStore,
+        currencies: Mapping[str, int],
+        answers: AnswerStore | None = None,
+    ) -> None:
         self.ledger = ledger
         self.store = store
         self.currencies = currencies
+        #: answers by legacy idempotency key: a retry gets the first answer, as from legacy
+        self.answers = answers
 
     async def decide(
         self, matched: MatchedRoute, exchange: Exchange
@@ -68,6 +71,14 @@ class LedgerAnswerer:
         ledger-only says so itself)."""
         route = matched.route
         assert route.answer is not None
+        key = self._key(matched, exchange)
+        if key is not None and self.answers is not None:
+            try:
+                kept = await self.answers.get(route.name, key)
+            except Exception as exc:  # the database away: the ledger cannot answer either
+                return SidecarError(f"answers unreadable: {type(exc).__name__}")
+            if kept is not None:
+                return kept
         try:
             decided = await self._on_ledger(matched, exchange)
         except InvalidCommand as exc:
@@ -76,7 +87,7 @@ class LedgerAnswerer:
         except SidecarError as exc:  # the ledger unavailable or busy
             log.warning("ledger unavailable", extra={"event": "ledger_primary", "code": exc.code})
             return exc
-        return render(
+        answer = render(
             route.answer,
             decided,
             amount_format=route.amount_format,
@@ -88,6 +99,27 @@ class LedgerAnswerer:
             now=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             new_id=uuid.uuid4().hex[:16],
         )
+        if key is None or self.answers is None:
+            return answer
+        try:  # the first answer under a key is the one every retry gets
+            return await self.answers.put(route.name, key, *answer)
+        except Exception:  # decided and committed: answer now; a retry decides it again
+            log.exception("answer not kept", extra={"event": "ledger_primary"})
+            return answer
+
+    @staticmethod
+    def _key(matched: MatchedRoute, exchange: Exchange) -> str | None:
+        source = matched.route.fields.get("key")
+        if source is None:
+            return None
+        value = extract(
+            source,
+            request=exchange.request,
+            path_params=matched.path_params,
+            query=exchange.query,
+            headers=exchange.headers,
+        )
+        return str(value)[:512] if value is not MISSING and value not in (None, "") else None
 
     async def _on_ledger(self, matched: MatchedRoute, exchange: Exchange) -> LedgerAnswer:
         route = matched.route
@@ -120,6 +152,12 @@ class LedgerAnswerer:
             raise  # the key reused for another request: the legacy service answers that
         except SidecarError as exc:
             refusal = next((name for kind, name in _REFUSAL_OF if isinstance(exc, kind)), None)
+            if (
+                refusal is None
+                and isinstance(command, Reversal)
+                and isinstance(exc, InvalidCommand)
+            ):
+                refusal = "unknown_transfer"  # nothing posted under that key to reverse
             if refusal is None:
                 raise
             return LedgerAnswer(refusal, {})
@@ -141,40 +179,4 @@ class LedgerAnswerer:
         return LedgerAnswer(None, {"amount": moved, "currency": currency, "key": result.key})
 
 
-class ShadowCalls:
-    """Owner of the background legacy calls of ``ledger-primary``: bounded, drained at stop."""
-
-    def __init__(self, concurrency: int, queued_max: int) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
-        self._queued_max = queued_max
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.skipped = 0
-
-    def start(
-        self, call: Callable[[], Awaitable[None]], skipped: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Run ``call`` in the background, or ``skipped`` if too many are waiting already."""
-        work = call if len(self._tasks) < self._queued_max else skipped
-        if work is skipped:
-            self.skipped += 1
-
-        async def bounded() -> None:
-            async with self._slots:
-                await work()
-
-        task = asyncio.create_task(bounded(), name="ledger-primary-shadow")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-__all__ = ["LedgerAnswerer", "ShadowCalls"]
+__all__ = ["LedgerAnswerer"]
