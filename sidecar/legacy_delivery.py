@@ -1,13 +1,12 @@
 """Delivering to the legacy service the requests the ledger answered (``ledger-primary``), so
 legacy, now the shadow, sees every movement the customer was told about, in order.
 
-The requests are read from the mirror stream, where the sidecar recorded each one before the
-ledger decided it (``answered_by: ledger-primary``): the stream is the durable outbox. Each is
-sent once its grace period has passed (``proxy.legacy_timeout_s`` plus a second, so a request
-the sidecar handed to legacy itself, because the ledger could not decide it, is answered first),
-in stream order for requests that share an account (an account opened, then paid into, is
-opened first), requests with no account in common side by side. The legacy
-answer becomes the request's outcome; the applier compares it with the ledger's in reverse.
+The requests are read from the mirror stream, where the sidecar recorded each one once the
+ledger had decided it and before answering (``answered_by: ledger-primary``): the stream is the
+durable outbox. Each is sent at once, in stream order for requests that share an account (an
+account opened, then paid into, is opened first), requests with no account in common side by
+side. The legacy answer becomes the request's outcome; the applier compares it with the
+ledger's in reverse.
 
 Guarantees (tests/integration/test_ledger_primary.py):
 - Nothing is lost: a request not yet delivered stays in the stream and is delivered after a
@@ -68,7 +67,8 @@ class LegacyDelivery:
         self.session = session
         self.legacy_url = legacy_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.grace_s = timeout_s + 1.0
+        #: how old a request must be before it is sent (0: at once; tests set it)
+        self.grace_s = 0.0
         self.attempts_max = attempts_max
         self.poll_s = poll_s
         self.delivered = 0

@@ -300,19 +300,10 @@ class Proxy:
             evaluation = self._mode(view.first(ACCOUNT_FIELDS) if view is not None else None)
             mode = evaluation.variant
             forwarded = end_to_end(request.headers)
-            mirrored = await self._mirror_intent(
-                request,
-                forwarded,
-                body,
-                view,
-                trace_id,
-                span_id,
-                sampled,
-                mode,
-            )
             if mode in LEDGER_ANSWERS and view is not None and self.answerer is not None:
                 ledger_started = loop.time()
-                answered = await self._ledger_answer(request, forwarded, body, view, mirrored, mode)
+                ids = (trace_id, span_id, sampled)
+                answered = await self._ledger_answer(request, forwarded, body, view, mode, ids)
                 if answered is not None:  # else the ledger could not decide: legacy answers
                     ledger_seconds = loop.time() - ledger_started
                     if self.metrics is not None:
@@ -322,6 +313,18 @@ class Proxy:
                     status = answered.status
                     outcome = outcome_of_status(status)
                     return answered
+            # recorded before it is forwarded (every mode but legacy; a request the ledger could
+            # not decide goes to the legacy service as in shadow mode)
+            mirrored = await self._mirror_intent(
+                request,
+                forwarded,
+                body,
+                view,
+                trace_id,
+                span_id,
+                sampled,
+                Mode.LEGACY if mode is Mode.LEGACY else Mode.SHADOW,
+            )
             legacy_started = loop.time()
             try:
                 with self.tracer.start_as_current_span(
@@ -435,8 +438,8 @@ class Proxy:
         forwarded: CIMultiDict[str],
         body: bytes,
         view: _Fields,
-        mirrored: _Mirrored | None,
         mode: Mode,
+        ids: tuple[str | None, str | None, bool],
     ) -> web.Response | None:
         """The ledger's answer in the legacy API's shape, or None when the ledger cannot decide
         (the legacy service answers then, as in shadow mode). In ledger-primary the legacy
@@ -454,9 +457,15 @@ class Proxy:
         )
         with self.tracer.start_as_current_span(f"ledger {route.operation.value}"):
             decided = await self.answerer.decide(view.matched, exchange)
+        if isinstance(decided, SidecarError) and mode is not Mode.LEDGER_ONLY:
+            return None  # ledger-primary: the legacy service answers, as in shadow mode
+        # recorded once the ledger has decided, so that every request marked as answered by
+        # the ledger was: legacy delivery sends it at once, in order per account
+        trace_id, span_id, sampled = ids
+        mirrored = await self._mirror_intent(
+            request, forwarded, body, view, trace_id, span_id, sampled, mode
+        )
         if isinstance(decided, SidecarError):
-            if mode is not Mode.LEDGER_ONLY:
-                return None  # ledger-primary: the legacy service answers, as in shadow
             if mirrored is not None:
                 await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
             if isinstance(decided, IdempotencyConflict):
@@ -467,8 +476,8 @@ class Proxy:
         status, answer = decided
         if mirrored is not None and mode is Mode.LEDGER_ONLY:
             await mirrored.record(RecordKind.OUTCOME, {"ledger_only": True})
-        # ledger-primary: the legacy service gets it from the stream, in order, after a grace
-        # period (sidecar.legacy_delivery); its answer is the outcome the applier compares
+        # ledger-primary: the legacy service gets it from the stream, in order per account
+        # (sidecar.legacy_delivery); its answer is the outcome the applier compares
         try:
             return web.json_response(answer, status=status)
         except (TypeError, ValueError):  # the ledger has decided: the answer is owed as it is

@@ -126,5 +126,6 @@ async def test_nothing_is_sent_before_its_grace_period(legacy: tuple[Legacy, str
     await stream.append([intent(0, "young")])
     async with aiohttp.ClientSession() as session:
         delivery = LegacyDelivery(stream, ROUTES, session, url, timeout_s=2.0)
+        delivery.grace_s = 5.0
         assert await delivery.deliver_once(now=0.0) == 0  # recorded "after" now: too young
     assert stand_in.arrived == []
