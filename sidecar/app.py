@@ -289,7 +289,8 @@ class Sidecar:
                     await self.worker.start()
                     stack.push_async_callback(self.worker.stop)
                 # 2b'. the ledger answering customers, if every route says how (ledger-primary)
-                if all(route.answer is not None for route in routes.routes):
+                # (a route's Python hook is not run on this path: such a mapping stays out)
+                if all(r.answer is not None and r.hook is None for r in routes.routes):
                     ledger_store = PostgresLedgerStore(pool)
                     ledger = Ledger(ledger_store, settings.ledger)
                     await ledger.start()
