@@ -91,6 +91,17 @@ def quantile(q: float, metric: str, by: str = "", matchers: str = "") -> str:
     )
 
 
+def p50_p99(
+    metric: str, by: str = "", matchers: str = "", *, exemplar: bool = False
+) -> list[prom_query.Dataquery]:
+    """The median and the 99th percentile of a histogram, legended ``p50 {{by}}`` and so on."""
+    legend = f" {{{{{by}}}}}" if by else ""
+    return [
+        promql(quantile(q, metric, by, matchers), f"{name}{legend}", exemplar=exemplar)
+        for q, name in ((0.5, "p50"), (0.99, "p99"))
+    ]
+
+
 # --- panels -------------------------------------------------------------------------------
 
 
@@ -222,6 +233,25 @@ def ranking(
         .sort_by([options.TableSortByFieldState().display_name("count").desc(True)])
         .align(common.FieldTextAlignment.AUTO)
         .inspect(False)
+    )
+
+
+def budget_gauge(title: str, description: str, expr: str) -> bargauge.Panel:
+    """Each SLO's share of error budget left, as bars: red below 25 %, green from 50 %."""
+    return (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .span(8)
+        .height(8)
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "red"), (0.25, "orange"), (0.5, "green")))
+        .display_mode(common.BarGaugeDisplayMode.LCD)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .with_target(promql(expr, "{{slo}}", instant=True).ref_id("A"))
     )
 
 
@@ -395,18 +425,7 @@ def overview() -> dashboard.Dashboard:
                 "Legacy vs ledger latency",
                 "p50 and p99 of the legacy call per request and of the ledger's group "
                 "transaction. Exemplars link to the request's trace.",
-                [
-                    promql(
-                        quantile(0.5, "upstream_duration_seconds", "upstream", op),
-                        "p50 {{upstream}}",
-                        exemplar=True,
-                    ),
-                    promql(
-                        quantile(0.99, "upstream_duration_seconds", "upstream", op),
-                        "p99 {{upstream}}",
-                        exemplar=True,
-                    ),
-                ],
+                p50_p99("upstream_duration_seconds", "upstream", op, exemplar=True),
                 unit="s",
             )
         )
@@ -415,18 +434,7 @@ def overview() -> dashboard.Dashboard:
                 "Customer latency through the sidecar",
                 "Arrival to answer, p50 and p99, by mode. The latency SLO's threshold is "
                 "0.25 s. Exemplars link to the request's trace.",
-                [
-                    promql(
-                        quantile(0.5, "request_duration_seconds", "mode", op),
-                        "p50 {{mode}}",
-                        exemplar=True,
-                    ),
-                    promql(
-                        quantile(0.99, "request_duration_seconds", "mode", op),
-                        "p99 {{mode}}",
-                        exemplar=True,
-                    ),
-                ],
+                p50_p99("request_duration_seconds", "mode", op, exemplar=True),
                 unit="s",
                 limits=thresholds((None, "green"), (0.25, "red")),
             )
@@ -435,10 +443,7 @@ def overview() -> dashboard.Dashboard:
             graph(
                 "Shadow lag",
                 "Legacy answer recorded to comparison committed, on the database's clock.",
-                [
-                    promql(quantile(0.5, "shadow_lag_seconds", matchers=op), "p50", exemplar=True),
-                    promql(quantile(0.99, "shadow_lag_seconds", matchers=op), "p99", exemplar=True),
-                ],
+                p50_p99("shadow_lag_seconds", matchers=op, exemplar=True),
                 unit="s",
                 limits=thresholds((None, "green"), (30, "red")),
             )
@@ -714,43 +719,19 @@ def slos() -> dashboard.Dashboard:
             .decimals(4)
         )
         .with_panel(
-            bargauge.Panel()
-            .title("Error budget left (Prometheus)")
-            .description(
+            budget_gauge(
+                "Error budget left (Prometheus)",
                 "Share of each SLO's 30-day error budget not spent, from Prometheus's "
-                "counters. Below 25% the release channel is told; below 0 it is overspent."
+                "counters. Below 25% the release channel is told; below 0 it is overspent.",
+                budget,
             )
-            .datasource(PROMETHEUS)
-            .span(8)
-            .height(8)
-            .unit("percentunit")
-            .min(0)
-            .max(1)
-            .thresholds(thresholds((None, "red"), (0.25, "orange"), (0.5, "green")))
-            .display_mode(common.BarGaugeDisplayMode.LCD)
-            .orientation(common.VizOrientation.HORIZONTAL)
-            .with_target(promql(budget, "{{slo}}", instant=True).ref_id("A"))
         )
         .with_panel(
-            bargauge.Panel()
-            .title("Error budget left (the sidecar's durable counts)")
-            .description(
+            budget_gauge(
+                "Error budget left (the sidecar's durable counts)",
                 "The same from the sidecar's own per-minute counts in PostgreSQL "
-                "(ledger-sidecar slo): survives a Prometheus restart or gap."
-            )
-            .datasource(PROMETHEUS)
-            .span(8)
-            .height(8)
-            .unit("percentunit")
-            .min(0)
-            .max(1)
-            .thresholds(thresholds((None, "red"), (0.25, "orange"), (0.5, "green")))
-            .display_mode(common.BarGaugeDisplayMode.LCD)
-            .orientation(common.VizOrientation.HORIZONTAL)
-            .with_target(
-                promql(
-                    f"max by (slo) ({P}slo_error_budget_remaining_ratio)", "{{slo}}", instant=True
-                ).ref_id("A")
+                "(ledger-sidecar slo): survives a Prometheus restart or gap.",
+                f"max by (slo) ({P}slo_error_budget_remaining_ratio)",
             )
         )
         .with_panel(
@@ -862,8 +843,7 @@ def ledger_health() -> dashboard.Dashboard:
                 "Batch size",
                 "Commands per applied group: p50, p99 and the mean.",
                 [
-                    promql(quantile(0.5, "ledger_batch_commands"), "p50"),
-                    promql(quantile(0.99, "ledger_batch_commands"), "p99"),
+                    *p50_p99("ledger_batch_commands"),
                     promql(
                         f"sum(rate({P}ledger_batch_commands_sum{RANGE})) "
                         f"/ sum(rate({P}ledger_batch_commands_count{RANGE}))",
@@ -876,10 +856,7 @@ def ledger_health() -> dashboard.Dashboard:
             graph(
                 "Commit duration",
                 "One group's transaction: ledger writes, reads, comparisons and the stream offset.",
-                [
-                    promql(quantile(0.5, "ledger_commit_duration_seconds"), "p50"),
-                    promql(quantile(0.99, "ledger_commit_duration_seconds"), "p99"),
-                ],
+                p50_p99("ledger_commit_duration_seconds"),
                 unit="s",
             )
         )

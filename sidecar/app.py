@@ -45,6 +45,7 @@ from sidecar.flag_watch import FlagWatcher
 from sidecar.in_doubt import InDoubtResolver
 from sidecar.legacy_delivery import LegacyDelivery
 from sidecar.mapping_file import load_route_table
+from sidecar.owned import OwnedTask
 from sidecar.posting import Ledger
 from sidecar.proxy.app import Proxy, legacy_session
 from sidecar.proxy.ledger_answer import LedgerAnswerer
@@ -156,16 +157,13 @@ class CountsSaver:
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._started_at = datetime.now(UTC)
         self._saved: dict[str, tuple[int, int]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._owned = OwnedTask("capture-counts")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="capture-counts")
+        self._owned.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._owned.stop()
         with contextlib.suppress(SidecarError):
             await self.save()
 

@@ -10,13 +10,13 @@ Guarantees (tests/integration/test_admin_api.py):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from sidecar.db.admin_store import PostgresAdminStore
 from sidecar.domain.flags import FlagRules
 from sidecar.errors import SidecarError
+from sidecar.owned import OwnedTask
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,14 @@ class FlagWatcher:
         self.poll_s = poll_s
         self.on_change = on_change
         self.rules = FlagRules(store.default_mode)
-        self._task: asyncio.Task[None] | None = None
+        self._owned = OwnedTask("flag-watcher")
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="flag-watcher")
+        self._owned.start(self._poll)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._owned.stop()
 
     async def refresh(self) -> FlagRules:
         """Read the rules now (after a change made here, so it applies at once)."""

@@ -23,7 +23,6 @@ Guarantees (tests/integration/test_in_doubt.py):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from sidecar.domain.mapping import MISSING, Operation, RouteTable, extract, look
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
 from sidecar.domain.shadow import exchange_of
 from sidecar.errors import SidecarError
+from sidecar.owned import OwnedTask
 from sidecar.ports import MirrorLog
 
 log = logging.getLogger(__name__)
@@ -163,17 +163,13 @@ class InDoubtResolver:
         self.totals = InDoubtReport()
         self._heads: deque[tuple[float, int]] = deque()
         self._resolved_to = 0  # every intent at or before this seq has an outcome
-        self._task: asyncio.Task[None] | None = None
+        self._owned = OwnedTask("in-doubt-resolver")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="in-doubt-resolver")
+        self._owned.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._owned.stop()
 
     async def run_once(self) -> InDoubtReport | None:
         now = asyncio.get_running_loop().time()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from sidecar.domain.mapping import MISSING, RouteTable, extract
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
 from sidecar.domain.shadow import exchange_of
 from sidecar.errors import SidecarError
+from sidecar.owned import OwnedTask
 from sidecar.ports import MirrorLog
 from sidecar.proxy.app import body_for_stream, end_to_end, header_pairs
 
@@ -74,17 +74,13 @@ class LegacyDelivery:
         self.delivered = 0
         self.undelivered = 0
         self._cursor = 0  # every intent before it has its outcome
-        self._task: asyncio.Task[None] | None = None
+        self._owned = OwnedTask("legacy-delivery")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="legacy-delivery")
+        self._owned.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._owned.stop()
 
     async def _run(self) -> None:
         while True:

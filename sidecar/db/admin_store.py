@@ -94,6 +94,7 @@ def split_token(presented: str) -> tuple[str, str] | None:
 
 _FLAG = "SELECT version, default_mode, cohorts FROM flag_state"
 _APPEND = "SELECT append_audit($1, $2, $3, $4)"
+_HAS_ADMIN = "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL)"
 
 
 class PostgresAdminStore:
@@ -183,9 +184,25 @@ class PostgresAdminStore:
 
     async def create_token(self, name: str, role: Role, audit: AuditRecord) -> tuple[Token, str]:
         """A new token and its one-time secret text (``lsk_<id>_<secret>``)."""
+        return await self._create_token(name, role, audit, first_admin=False)
+
+    async def create_first_admin(self, name: str, audit: AuditRecord) -> tuple[Token, str]:
+        """The first admin token, only while no live admin token exists; checked and made in
+        one transaction under a lock, so two bootstraps at once make one token."""
+        return await self._create_token(name, Role.ADMIN, audit, first_admin=True)
+
+    async def _create_token(
+        self, name: str, role: Role, audit: AuditRecord, *, first_admin: bool
+    ) -> tuple[Token, str]:
         token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
         secret = secrets.token_urlsafe(32)
         async with self.pool.acquire() as conn, conn.transaction():
+            if first_admin:
+                await conn.execute(_BOOTSTRAP_LOCK)
+                if await conn.fetchval(_HAS_ADMIN):
+                    raise AdminExists(
+                        "an admin token exists: ask its holder (POST /admin/v1/tokens)"
+                    )
             row = await conn.fetchrow(
                 "INSERT INTO api_tokens (id, name, role, secret_hash, created_by)"
                 " VALUES ($1, $2, $3, $4, $5) RETURNING *",
@@ -196,42 +213,9 @@ class PostgresAdminStore:
                 audit.actor,
             )
             token = _token(row)
-            await self._append(
-                conn,
-                replace(
-                    audit, target=token_id, after=token.document(), produced={"token": token_id}
-                ),
-            )
-        return token, f"{TOKEN_PREFIX}_{token_id}_{secret}"
-
-    async def create_first_admin(self, name: str, audit: AuditRecord) -> tuple[Token, str]:
-        """The first admin token, only while no live admin token exists; checked and made in
-        one transaction under a lock, so two bootstraps at once make one token."""
-        token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
-        secret = secrets.token_urlsafe(32)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_BOOTSTRAP_LOCK)
-            exists = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM api_tokens"
-                " WHERE role = 'admin' AND revoked_at IS NULL)"
-            )
-            if exists:
-                raise AdminExists("an admin token exists: ask its holder (POST /admin/v1/tokens)")
-            row = await conn.fetchrow(
-                "INSERT INTO api_tokens (id, name, role, secret_hash, created_by)"
-                " VALUES ($1, $2, 'admin', $3, $4) RETURNING *",
-                token_id,
-                name,
-                secret_hash(secret),
-                audit.actor,
-            )
-            token = _token(row)
-            await self._append(
-                conn,
-                replace(
-                    audit, target=token_id, after=token.document(), produced={"token": token_id}
-                ),
-            )
+            produced = {"token": token_id}
+            recorded = replace(audit, target=token_id, after=token.document(), produced=produced)
+            await self._append(conn, recorded)
         return token, f"{TOKEN_PREFIX}_{token_id}_{secret}"
 
     async def revoke_token(self, token_id: str, audit: AuditRecord) -> Token:
@@ -277,10 +261,7 @@ class PostgresAdminStore:
 
     async def has_admin(self) -> bool:
         async with self.pool.acquire() as conn:
-            found: bool = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM api_tokens"
-                " WHERE role = 'admin' AND revoked_at IS NULL)"
-            )
+            found: bool = await conn.fetchval(_HAS_ADMIN)
             return found
 
     # --- manual adjustments -----------------------------------------------------------------

@@ -156,6 +156,15 @@ class _Fields:
         self._body = body
         self._headers = headers
         self._json: Any = _UNPARSED
+        self._account: Any = _UNPARSED
+
+    @property
+    def account(self) -> str | None:
+        """The (paying) account the request names, read once: its mode, tier and log line."""
+        if self._account is _UNPARSED:
+            self._account = self.first(ACCOUNT_FIELDS)
+        account: str | None = self._account
+        return account
 
     def first(self, names: tuple[str, ...]) -> str | None:
         for name in names:
@@ -297,7 +306,7 @@ class Proxy:
             if matched is not None:
                 view = _Fields(matched, body, request.headers)
             # the request's mode: its (paying) account's, by the cutover flag
-            evaluation = self._mode(view.first(ACCOUNT_FIELDS) if view is not None else None)
+            evaluation = self._mode(view.account if view is not None else None)
             mode = evaluation.variant
             forwarded = end_to_end(request.headers)
             if mode in LEDGER_ANSWERS and view is not None and self.answerer is not None:
@@ -394,7 +403,7 @@ class Proxy:
                 self.stats.errors += 1
             if seconds > self.latency_slo_s:
                 self.stats.slow += 1
-            account = view.first(ACCOUNT_FIELDS) if view is not None else None
+            account = view.account if view is not None else None
             if evaluation is None:
                 evaluation = self._mode(account)
             answered_in = evaluation.variant.value

@@ -28,7 +28,6 @@ from sidecar.domain.outcome import AccountOutcome, TransferOutcome
 from sidecar.domain.translate import Exchange, to_ledger
 from sidecar.errors import (
     CurrencyMismatch,
-    IdempotencyConflict,
     InvalidCommand,
     SidecarError,
     UnknownAccount,
@@ -148,9 +147,7 @@ class LedgerAnswerer:
         command = to_ledger(matched, exchange, self.currencies)
         try:
             result = await self.ledger.submit(command)  # type: ignore[arg-type]
-        except IdempotencyConflict:
-            raise  # the key reused for another request: the legacy service answers that
-        except SidecarError as exc:
+        except SidecarError as exc:  # a key reused for another request stays an error
             refusal = next((name for kind, name in _REFUSAL_OF if isinstance(exc, kind)), None)
             if (
                 refusal is None

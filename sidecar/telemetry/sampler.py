@@ -9,7 +9,6 @@ scrape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from sidecar.db.slo_store import slo_sums
 from sidecar.domain.slo import SloFile
 from sidecar.errors import SidecarError
 from sidecar.in_doubt import InDoubtResolver
+from sidecar.owned import OwnedTask
 from sidecar.telemetry.metrics import IN_DOUBT_RESOLUTIONS, PREFIX, ShadowMetrics
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,16 @@ class HealthSampler:
         self._slo_every_s = slo_every_s
         self._slo_sampled_at = float("-inf")
         self._currencies: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._owned = OwnedTask("health-sampler")
         for slo in slos.slos if slos is not None else ():  # no verdict yet, but the series
             metrics.slo_attainment.labels(slo.name).set(nan)
             metrics.slo_budget_left.labels(slo.name).set(nan)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="health-sampler")
+        self._owned.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._owned.stop()
 
     async def sample(self) -> None:
         async with pooled(self._pool) as conn:
