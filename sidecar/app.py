@@ -89,7 +89,9 @@ class ShadowWorker:
         stack = self._stack
         slos = load_slo_file(settings.telemetry.slo_file)
         shadow_metrics = ShadowMetrics(
-            self.metrics, slos.threshold("shadow_freshness", FRESHNESS_SLO_S)
+            self.metrics,
+            slos.threshold("shadow_freshness", FRESHNESS_SLO_S),
+            slos.threshold("latency", LATENCY_SLO_S),
         )
         if settings.proxy.mapping is None:
             raise ConfigError("proxy.mapping: the shadow applier needs a mapping file")
@@ -142,9 +144,18 @@ class ShadowWorker:
         except BaseException:
             await stack.aclose()
             raise
+        log.info(
+            "shadow worker running",
+            extra={"event": "started", "role": "shadow_worker", "mode": settings.proxy.mode},
+        )
 
     async def stop(self) -> None:
         await self._stack.aclose()
+        applied = self.applier.stats.compared if self.applier is not None else 0
+        log.info(
+            "shadow worker stopped",
+            extra={"event": "stopped", "role": "shadow_worker", "compared": applied},
+        )
 
 
 class CountsSaver:
@@ -366,6 +377,7 @@ class Sidecar:
             "sidecar listening",
             extra={
                 "event": "started",
+                "role": "proxy",
                 "mode": settings.proxy.mode,
                 "port": settings.proxy.port,
                 "legacy_url": settings.proxy.legacy_url,
@@ -374,6 +386,8 @@ class Sidecar:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+        served = self.proxy.stats.requests if self.proxy is not None else 0
+        log.info("sidecar stopped", extra={"event": "stopped", "role": "proxy", "served": served})
 
     def _mode_of(self) -> Callable[[str | None], Evaluation]:
         flags = self.flags

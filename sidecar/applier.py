@@ -957,11 +957,11 @@ class Applier:
                     None if at is None else now - at,
                     record.trace_id,
                 )
-                self.metrics.upstream_duration.labels(
-                    "ledger",
+                self.metrics.ledger_call(
                     record.operation,
                     "error" if outcome is Outcome.LEDGER_ERROR else "success",
-                ).observe(self._group_seconds)
+                    self._group_seconds,
+                )
             if outcome is Outcome.MISMATCH:
                 log.warning(
                     "divergence",

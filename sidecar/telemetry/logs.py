@@ -10,7 +10,8 @@ about a traced request. The events with their own keys:
 - ``divergence``, one per mismatched comparison: operation, route, account_id,
   divergence_kind, stream_offset, differences (each field's two values: amounts, statuses,
   currencies; a sensitive field's values redacted), trace_id;
-- ``capture_dropped``, ``in_doubt``, ``lifecycle`` and the rest: see the document.
+- ``capture_dropped``, ``in_doubt``, the lifecycle events ``started`` and ``stopped``, and the
+  rest: see the document.
 
 Guarantees (tests/integration/test_logs.py): a key named in ``telemetry.sensitive_fields``
 never appears in a line, and a sensitive field's values never appear in a divergence line.

@@ -39,6 +39,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from sidecar import __version__
 from sidecar.config import TelemetrySettings
@@ -61,10 +62,27 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 MODES = tuple(m.value for m in Mode)
+#: the modes where the ledger answers the customer
+LEDGER_MODES = frozenset({Mode.LEDGER_PRIMARY.value, Mode.LEDGER_ONLY.value})
 MONETARY_KINDS = frozenset(k.value for k in MONETARY)
 #: what a request's operation label says when no mapped route matched
 UNMAPPED = "unmapped"
 OPERATIONS = (*(o.value for o in Operation), UNMAPPED)
+#: the shadow worker's operation label: a mapped operation, ``bootstrap`` for the bootstrap's
+#: own exchanges (its plan, reads and snapshot), ``unknown`` for a record whose route the
+#: mapping no longer has
+BOOTSTRAP = "bootstrap"
+UNKNOWN = "unknown"
+SHADOW_OPERATIONS = (*(o.value for o in Operation), BOOTSTRAP, UNKNOWN)
+
+
+def shadow_operation(operation: str) -> str:
+    """A stored comparison's operation as a bounded label value (SHADOW_OPERATIONS)."""
+    if operation.startswith(BOOTSTRAP + "_"):
+        return BOOTSTRAP
+    return operation if operation in SHADOW_OPERATIONS else UNKNOWN
+
+
 #: the customer's answer, as the sidecar saw it
 REQUEST_OUTCOMES = (
     "success",
@@ -141,7 +159,9 @@ class Registry:
         self.prometheus.register(StatsCollector(lambda: pool_families(self.pools)))
         self._upstream: Histogram | None = None
 
-    def upstream_duration(self) -> Histogram:
+    def upstream_duration(self, latency_slo_s: float = LATENCY_SLO_S) -> Histogram:
+        """The upstream-call histogram, its buckets holding the latency SLO's threshold (the
+        first part to ask creates it: both parts pass the same SLO file's threshold)."""
         if self._upstream is None:
             self._upstream = Histogram(
                 PREFIX + "upstream_duration_seconds",
@@ -149,7 +169,7 @@ class Registry:
                 "ledger per applied group (each request in a group observes the group's "
                 "commit).",
                 ["upstream", "operation", "outcome"],
-                buckets=LATENCY_BUCKETS,
+                buckets=with_threshold(LATENCY_BUCKETS, latency_slo_s),
                 registry=self.prometheus,
             )
         return self._upstream
@@ -190,7 +210,7 @@ class ProxyMetrics:
             buckets=buckets,
             registry=registry,
         )
-        self.upstream_duration = metrics.upstream_duration()
+        self.upstream_duration = metrics.upstream_duration(latency_slo_s)
         self.mode_gauge = Gauge(
             PREFIX + "mode",
             "The mode the sidecar answers in: 1 for the current one, 0 for the others.",
@@ -250,6 +270,9 @@ class ProxyMetrics:
             for outcome in REQUEST_OUTCOMES:
                 for tier in self.accounts.tiers:
                     self.request_duration.labels(operation, outcome, mode, tier)
+        if mode in LEDGER_MODES:  # the ledger decides on the customer path
+            for operation in (o.value for o in Operation):
+                self.upstream_duration.labels("ledger", operation, "success")
 
     def readiness(self, report: Report, at: float) -> None:
         """A readiness report was computed: its verdict and checks, for the cutover dashboard."""
@@ -306,7 +329,12 @@ class ProxyMetrics:
 class ShadowMetrics:
     """The shadow worker: comparisons, divergences, lag, the ledger's writes and health."""
 
-    def __init__(self, metrics: Registry, freshness_slo_s: float = FRESHNESS_SLO_S) -> None:
+    def __init__(
+        self,
+        metrics: Registry,
+        freshness_slo_s: float = FRESHNESS_SLO_S,
+        latency_slo_s: float = LATENCY_SLO_S,
+    ) -> None:
         registry = metrics.prometheus
         self.comparisons = Counter(
             PREFIX + "comparisons",
@@ -335,7 +363,7 @@ class ShadowMetrics:
             buckets=with_threshold(LAG_BUCKETS, freshness_slo_s),
             registry=registry,
         )
-        self.upstream_duration = metrics.upstream_duration()
+        self.upstream_duration = metrics.upstream_duration(latency_slo_s)
         self.batch_commands = Histogram(
             PREFIX + "ledger_batch_commands",
             "Ledger commands planned and committed together, per applied group.",
@@ -384,7 +412,7 @@ class ShadowMetrics:
             ["currency"],
             registry=registry,
         )
-        for operation in (o.value for o in Operation):
+        for operation in SHADOW_OPERATIONS:
             for outcome in Outcome:
                 self.comparisons.labels(operation, outcome.value)
             for kind in DivergenceKind:
@@ -402,6 +430,7 @@ class ShadowMetrics:
         lag_s: float | None,
         trace_id: str | None,
     ) -> None:
+        operation = shadow_operation(operation)
         self.comparisons.labels(operation, outcome).inc()
         found = set(kinds)
         for kind in found:
@@ -410,6 +439,12 @@ class ShadowMetrics:
             self.monetary_divergences.labels(operation).inc()
         if lag_s is not None:
             self.shadow_lag.labels(operation).observe(max(0.0, lag_s), _exemplar(trace_id))
+
+    def ledger_call(self, operation: str, outcome: str, seconds: float) -> None:
+        """A compared request's share of its group's ledger transaction."""
+        self.upstream_duration.labels("ledger", shadow_operation(operation), outcome).observe(
+            seconds
+        )
 
 
 class StatsCollector(Collector):
@@ -492,8 +527,29 @@ class _Merged:
                 if mine is None:
                     merged[family.name] = family
                 else:
-                    mine.samples.extend(family.samples)
+                    mine.samples = _union(mine, family)
         return list(merged.values())
+
+
+def _union(mine: Metric, theirs: Metric) -> list[Sample]:
+    """Two processes' samples of one family. A series both expose (the ledger's upstream
+    duration in ledger-primary: the proxy's decisions, the worker's groups) is exposed once:
+    counts and histograms add up, as the union of the observations; a gauge keeps the first."""
+    additive = mine.type in ("counter", "histogram", "summary")
+    index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(mine.samples)}
+    samples = list(mine.samples)
+    for sample in theirs.samples:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        at = index.get(key)
+        if at is None:
+            index[key] = len(samples)
+            samples.append(sample)
+        elif additive:
+            first = samples[at]
+            samples[at] = first._replace(
+                value=first.value + sample.value, exemplar=first.exemplar or sample.exemplar
+            )
+    return samples
 
 
 def wants_openmetrics(accept: str | None) -> bool:

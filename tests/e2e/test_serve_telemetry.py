@@ -81,6 +81,12 @@ def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled(
     )
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/_sidecar/health", server)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the shadow worker (its own process) is up
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as answer:
+                if "ledger_sidecar_shadow_worker_up 1.0" in answer.read().decode():
+                    break
+            time.sleep(0.2)
         for n in range(3):
             url = f"http://127.0.0.1:{port}/v1/accounts/ACC-{n}/balance"
             with urllib.request.urlopen(url) as answer:
@@ -98,3 +104,7 @@ def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled(
     assert completed[0]["trace_id"] is None  # tracing is off: no ids, and no noise
     noise = [x for x in (out + err).splitlines() if "xport" in x or "Traceback" in x]
     assert noise == []
+    # lifecycle: each part says when it starts and when it has stopped
+    lifecycle = {(line["event"], line.get("role")) for line in lines}
+    assert {("started", "proxy"), ("stopped", "proxy")} <= lifecycle
+    assert {("started", "shadow_worker"), ("stopped", "shadow_worker")} <= lifecycle, out

@@ -24,6 +24,9 @@ from tests.integration.test_shadow import shadow_settings
 
 PAYMENTS = 40
 STABLE_KEYS = {"timestamp", "level", "logger", "message", "event", "service", "version"}
+#: amounts (what the faults make differ), and a name and an IBAN every payment carries
+SENSITIVE = ("amount", "name", "iban")
+NAME, IBAN = "Ms Secret Holder", "DE89370400440532013000"
 
 
 async def test_one_line_per_request_and_per_divergence_and_no_sensitive_value(
@@ -38,9 +41,9 @@ async def test_one_line_per_request_and_per_divergence_and_no_sensitive_value(
     # amounts are what the demo's faults make differ: naming them sensitive must hide them
     configured = replace(
         shadow_settings(settings, db),
-        telemetry=replace(settings.telemetry, sensitive_fields=("amount",)),
+        telemetry=replace(settings.telemetry, sensitive_fields=SENSITIVE),
     )
-    configure_logging("INFO", out, sensitive=("amount",))
+    configure_logging("INFO", out, sensitive=SENSITIVE)
     try:
         async with ShadowStack(
             configured, customers=10, tracer=provider.get_tracer("test")
@@ -55,7 +58,11 @@ async def test_one_line_per_request_and_per_divergence_and_no_sensitive_value(
                     async with session.post(
                         stack.sidecar_url + f"/v1/accounts/CUST-0000{n % 5}/payments",
                         json={
-                            "beneficiary": {"account_number": f"CUST-0000{5 + n % 5}"},
+                            "beneficiary": {
+                                "account_number": f"CUST-0000{5 + n % 5}",
+                                "name": NAME,
+                                "iban": IBAN,
+                            },
                             "amount": {"value": "10.05", "currency": "EUR"},
                         },
                         headers={"Idempotency-Key": f"log-{n}"},
@@ -90,5 +97,11 @@ async def test_one_line_per_request_and_per_divergence_and_no_sensitive_value(
     assert amounts and all(d["legacy"] == d["ledger"] == "[redacted]" for d in amounts)
     kept = [d for r in stored for d in r["differences"] if d["field"] == "amount"]
     assert kept and all(d["legacy"] == d["ledger"] == "[redacted]" for d in kept)
-    assert "10.05" not in out.getvalue() and "1005" not in json.dumps(stored)
-    assert all("10.05" not in repr(dict(s.attributes or {})) for s in exporter.get_finished_spans())
+    spans = exporter.get_finished_spans()
+    said_by_spans = repr(
+        [(dict(s.attributes or {}), [dict(e.attributes or {}) for e in s.events]) for s in spans]
+    )
+    for secret in ("10.05", NAME, IBAN):
+        assert secret not in out.getvalue()
+        assert secret not in json.dumps(stored)
+        assert secret not in said_by_spans

@@ -8,18 +8,18 @@ import asyncio
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from sidecar.app import Sidecar
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar.config import DatabaseSettings, Settings, TelemetrySettings
-from sidecar.demo.legacy import FaultRates, LegacyService
-from sidecar.demo.shadow_demo import MAPPING, ShadowStack
+from sidecar.demo.shadow_demo import ShadowStack
 
 from tests.integration.test_shadow import shadow_settings, traffic
 
 PROMTOOL = shutil.which("promtool")
+DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 #: the most series one sidecar (proxy and shadow worker, default telemetry settings) exposes;
 #: docs/observability.md explains the sum
 SERIES_BUDGET = 2500
@@ -34,11 +34,13 @@ async def scrape(url: str, accept: str | None = None) -> tuple[str, str]:
 
 
 def samples(text: str) -> dict[str, float]:
-    """``name{labels}`` -> value, for every sample line of a text exposition."""
+    """``name{labels}`` -> value, for every sample line of a text exposition (each series
+    once: Prometheus refuses a scrape that repeats one)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
+            assert key not in out, f"{key} exposed twice"
             out[key] = float(value)
     return out
 
@@ -105,17 +107,12 @@ async def test_a_real_scrape_passes_promtool_and_reads_zero_before_traffic(
     assert "CUST-" not in text  # no account id in any label, ever
     assert om_type.startswith("application/openmetrics-text")
     assert openmetrics.endswith("# EOF\n")
-
-
-async def _legacy_mode_sidecar(
-    settings: Settings, db: DatabaseSettings, telemetry: TelemetrySettings, legacy_url: str
-) -> Sidecar:
-    proxy = replace(
-        settings.proxy, legacy_url=legacy_url, port=0, mode="legacy", mapping=str(MAPPING)
-    )
-    sidecar = Sidecar(replace(settings, database=db, proxy=proxy, telemetry=telemetry))
-    await sidecar.start()
-    return sidecar
+    # every family a real scrape has is in the document's table, with its type
+    documented = DOC.read_text()
+    for family in text_string_to_metric_families(text):
+        name = family.name.removeprefix("ledger_sidecar_")
+        exposed = f"{name}_total" if family.type == "counter" else name
+        assert f"`{exposed}`" in documented or f"`{name}_total`" in documented, name
 
 
 async def _balances(base: str, accounts: list[str]) -> None:
@@ -132,26 +129,30 @@ async def _balances(base: str, accounts: list[str]) -> None:
 async def test_series_do_not_grow_with_accounts_and_stay_under_the_budget(
     settings: Settings, db: DatabaseSettings
 ) -> None:
-    legacy = LegacyService(FaultRates(), seed=1)
-    legacy.seed_accounts(3000)
-    runner = web.AppRunner(legacy.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    """Shadow mode, the worker in the process: every request captured, applied and compared,
+    the bootstrap's own exchanges too; the series after 3,002 distinct accounts are the ones
+    after ten."""
     telemetry = TelemetrySettings(
         account_tiers={"vip": ("CUST-0000*",)}, watch_accounts={"treasury": "CUST-00001"}
     )
-    sidecar = await _legacy_mode_sidecar(
-        settings, db, telemetry, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    )
-    try:
-        base = f"http://127.0.0.1:{sidecar.port}"
+    shadow = replace(shadow_settings(settings, db), telemetry=telemetry)
+    async with ShadowStack(shadow, customers=3000) as stack:
+        base = stack.sidecar_url
+        before = samples((await scrape(base + "/metrics"))[0])
+        await stack.bootstrap()
         await _balances(base, [f"CUST-{i:05d}" for i in range(10)])
+        await stack.settle()
+        worker = stack.sidecar.worker
+        assert worker is not None and worker.sampler is not None
+        await worker.sampler.sample()  # the ledger's gauges as of now, not 5 s ago
         ten = samples((await scrape(base + "/metrics"))[0])
         await _balances(base, [f"CUST-{i:05d}" for i in range(3000)] + ["NOBODY-1", "NOBODY-2"])
+        await stack.settle()
+        await worker.sampler.sample()
         many = samples((await scrape(base + "/metrics"))[0])
-    finally:
-        await sidecar.stop()
-        await runner.cleanup()
+    # the ledger's currencies are the only series traffic adds (ISO codes: a handful)
+    currencies = {k for k in ten if k.startswith("ledger_sidecar_ledger_trial_balance_minor")}
+    assert set(ten) - currencies == set(before)
     assert set(many) == set(ten)
     assert len(many) <= SERIES_BUDGET, len(many)
     count = "ledger_sidecar_request_duration_seconds_count"
@@ -160,3 +161,6 @@ async def test_series_do_not_grow_with_accounts_and_stay_under_the_budget(
     assert value(many, count, account_tier="standard", outcome="client_error") == 2
     watched = "ledger_sidecar_watched_account_request_duration_seconds_count"
     assert value(many, watched, watched_account="treasury", operation="balance") == 2
+    compared = "ledger_sidecar_comparisons_total"
+    assert value(many, compared, operation="balance") >= 3002
+    assert value(many, compared, operation="bootstrap") > 0

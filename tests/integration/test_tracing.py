@@ -68,6 +68,8 @@ async def test_a_mirrored_request_is_one_trace_from_proxy_to_comparison(
             om = "application/openmetrics-text; version=1.0.0"
             async with session.get(metrics_url, headers={"Accept": om}) as scraped:
                 exposition = await scraped.text()
+            async with session.get(metrics_url) as scraped:  # the classic text format
+                classic = await scraped.text()
     spans = list(exporter.get_finished_spans())
     servers = [s for s in spans if s.kind is SpanKind.SERVER]
     assert [s.name for s in servers] == ["POST /v1/accounts/{account}/payments"]
@@ -92,6 +94,7 @@ async def test_a_mirrored_request_is_one_trace_from_proxy_to_comparison(
         "ledger_sidecar_upstream_duration_seconds_bucket",
         "ledger_sidecar_shadow_lag_seconds_bucket",
     } <= exemplified
+    assert "trace_id" not in classic  # exemplars only where Prometheus asked for OpenMetrics
     (compare,) = [s for s in spans if s.name == "compare"]
     assert compare.attributes is not None
     assert compare.attributes["ledger_sidecar.comparison.outcome"] == "match"
