@@ -279,7 +279,9 @@ class Sidecar:
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
                 self.metrics.pools["capture"] = pool
-                capture = Capture(PostgresMirrorLog(pool), settings.capture)
+                captured_stream = PostgresMirrorLog(pool, hold_connection=True)
+                stack.push_async_callback(captured_stream.close)  # after capture has stopped
+                capture = Capture(captured_stream, settings.capture)
                 await capture.start()
                 captured = capture
                 self.metrics.register(

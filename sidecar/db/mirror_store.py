@@ -6,15 +6,18 @@ one commit for a whole group of records, however many requests they came from.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
-from sidecar.db.connect import pooled
+from sidecar.db.connect import DRIVER_ERRORS, pooled, translate
 from sidecar.db.slo_store import add_counts
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind, content_json
+from sidecar.errors import LedgerUnavailable
 
 APPEND = (
     "SELECT append_mirror($1::integer[], $2::text[], $3::text[], $4::text[], $5::jsonb[], "
@@ -110,24 +113,70 @@ async def fetch_offset(conn: asyncpg.Connection, consumer: str, partition: int) 
 
 
 class PostgresMirrorLog:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """The mirror stream in PostgreSQL. With ``hold_connection`` (capture's writer, on the
+    customer path) appends keep one connection of the pool instead of taking one per group:
+    measured here, an append through the pool's acquire and release cost 2x the client CPU
+    and grew from 0.5 to 2-3 ms a call over 2,000 calls, one on a held connection stayed at
+    0.5 ms. A connection that fails is given back and the next append takes another.
+    ``close()`` gives it back for good."""
+
+    def __init__(self, pool: asyncpg.Pool, hold_connection: bool = False) -> None:
         self._pool = pool
+        self._hold = hold_connection
+        self._held: asyncpg.Connection | None = None
+        self._held_lock = asyncio.Lock()
 
     async def append(self, records: Sequence[MirrorRecord]) -> list[int]:
         if not records:
             return []
-        contents = [content_json(r) for r in records]
+        arguments = (
+            [r.partition for r in records],
+            [r.kind.value for r in records],
+            [r.request_id for r in records],
+            [r.route for r in records],
+            [content_json(r) for r in records],
+            [r.trace_id for r in records],
+        )
+        if self._hold:
+            return await self._append_held(arguments)
         async with pooled(self._pool) as conn:
-            seqs: list[int] = await conn.fetchval(
-                APPEND,
-                [r.partition for r in records],
-                [r.kind.value for r in records],
-                [r.request_id for r in records],
-                [r.route for r in records],
-                contents,
-                [r.trace_id for r in records],
-            )
+            seqs: list[int] = await conn.fetchval(APPEND, *arguments)
         return list(seqs)
+
+    async def _append_held(self, arguments: tuple[list[Any], ...]) -> list[int]:
+        async with self._held_lock:
+            try:
+                if self._held is not None and self._held.is_closed():
+                    await self._give_back(broken=True)  # ended while idle (say, a restart)
+                if self._held is None:
+                    self._held = await self._pool.acquire()
+                seqs: list[int] = await self._held.fetchval(APPEND, *arguments)
+            except (*DRIVER_ERRORS, asyncpg.InternalClientError) as exc:
+                # a session the server ended while it sat idle can fail as a protocol state
+                # error (InternalClientError) before asyncpg sees the socket closed
+                await self._give_back(broken=True)
+                if isinstance(exc, asyncpg.InternalClientError):
+                    raise LedgerUnavailable(f"database connection failed: {exc}") from exc
+                raise translate(exc) from exc
+            except BaseException:  # cancelled mid-call: the connection's state is unknown
+                await self._give_back(broken=True)
+                raise
+        return list(seqs)
+
+    async def _give_back(self, broken: bool = False) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        # (a connection the pool saw closing is already back with it: both calls may refuse)
+        with contextlib.suppress(*DRIVER_ERRORS, asyncpg.InternalClientError):
+            if broken:
+                held.terminate()  # the pool opens a fresh one in its place
+            await self._pool.release(held)
+
+    async def close(self) -> None:
+        """Give the held connection back to the pool (before the pool closes)."""
+        async with self._held_lock:
+            await self._give_back()
 
     async def read(
         self, after_seq: int = 0, limit: int = 1000, partition: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -13,10 +14,27 @@ from sidecar.memory import InMemoryMirrorLog
 from sidecar.ports import MirrorLog
 
 
-@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+async def held_log(pool: asyncpg.Pool) -> AsyncIterator[PostgresMirrorLog]:
+    """The adapter as capture's writer uses it: appends on one held connection."""
+    stream = PostgresMirrorLog(pool, hold_connection=True)
+    yield stream
+    await stream.close()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-held", marks=pytest.mark.postgres),
+    ]
+)
 def log(request: pytest.FixtureRequest) -> MirrorLog:
     if request.param == "memory":
         return InMemoryMirrorLog()
+    if request.param == "postgres-held":
+        held: MirrorLog = request.getfixturevalue("held_log")
+        return held
     return PostgresMirrorLog(request.getfixturevalue("pool"))
 
 

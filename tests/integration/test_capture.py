@@ -167,3 +167,58 @@ async def test_stopping_mid_write_counts_every_record_once(mode: str) -> None:
     assert stats.recorded == 3 == stats.committed + sum(stats.dropped.values())
     assert stats.late == 0
     assert results == ([False] * 3 if mode == "durable" else [True] * 3)
+
+
+async def test_a_held_connection_that_dies_is_replaced_and_nothing_is_written_twice(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    stream = PostgresMirrorLog(pool, hold_connection=True)
+    try:
+        assert await stream.append([intent(1)]) == [1]
+        # the database ends the writer's session (a restart, a failover, an idle timeout)
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            " AND query LIKE '%append_mirror%'"
+        )
+        assert killed == 1
+        # the next append either finds the session gone and takes another connection, or
+        # fails on it (as a dropped group does: capture retries it); never half-written
+        try:
+            first = await stream.append([intent(2)])
+        except LedgerUnavailable:
+            first = await stream.append([intent(2)])
+        assert first == [2]
+        assert await stream.append([intent(2), intent(3)]) == [2, 3]  # a retry: seq kept
+    finally:
+        await stream.close()
+    assert await conn.fetchval("SELECT count(*) FROM mirror_events") == 3
+
+
+async def test_appends_probe_the_index_whatever_size_the_stream_had_when_planned(
+    conn: asyncpg.Connection,
+) -> None:
+    """A session's plans are made once: planned on an empty stream they must still probe the
+    index when it holds many records (migration 0010), not scan it (what 0006's join did)."""
+
+    def group(prefix: str, n: int) -> list[list[object]]:
+        ids = [f"{prefix}-{i}" for i in range(n)]
+        return [[0] * n, ["intent"] * n, ids, ["r"] * n, ['{"path": "/p"}'] * n, [None] * n]
+
+    append = "SELECT append_mirror($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6)"
+    for i in range(8):  # planned on a near-empty stream, and kept (PL/pgSQL's plan cache)
+        await conn.fetchval(append, *group(f"early{i}", 1))
+    await conn.fetchval(append, *group("bulk", 20_000))
+    plans: list[str] = []
+    conn.add_log_listener(lambda _conn, message: plans.append(message.message))
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_level = 'notice'"
+    )
+    await conn.fetchval(append, *group("late", 2))
+    await conn.fetchval(append, *group("late", 2))  # appended again: the general path
+    await conn.execute("RESET auto_explain.log_min_duration")
+    said = "\n".join(plans)
+    assert "mirror_events_once" in said, said
+    assert "Seq Scan on mirror_events" not in said, said
