@@ -329,6 +329,8 @@ class Applier:
 
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
+        interval = self.settings.group_interval_ms / 1000
+        loop = asyncio.get_running_loop()
         backoff = idle
         resume = False
         while True:
@@ -336,6 +338,7 @@ class Applier:
                 if resume:  # start again from what was committed, as after a restart
                     await self._resume()
                     resume = False
+                started = loop.time()
                 applied = await self.apply_once()
             except ShadowMismatch:
                 raise
@@ -352,6 +355,8 @@ class Applier:
             backoff = idle
             if applied == 0:
                 await asyncio.sleep(idle)
+            elif applied < self.settings.chunk_events_max:  # keeping up: let a group gather
+                await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def catch_up(self, head: int | None = None, timeout_s: float = 60.0) -> None:
         """Apply until the cursor reaches ``head`` (the stream's head now, if None)."""

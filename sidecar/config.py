@@ -113,6 +113,11 @@ class ApplierSettings:
     chunk_events_max: int = 1000
     #: how long the applier waits before looking again when the stream has nothing new
     idle_poll_ms: float = 50.0
+    #: the least time between the starts of two groups while the applier keeps up: what
+    #: arrives meanwhile goes into one group, one transaction (fewer, larger commits cost the
+    #: database less per request; comparisons come this much later at most). A group that
+    #: filled ``chunk_events_max`` (the applier is behind) is followed at once. 0: no wait.
+    group_interval_ms: float = 100.0
     #: an intent older than this with no outcome is in doubt (the sidecar died in between)
     in_doubt_after_s: float = 30.0
     #: exchanges before the first bootstrap snapshot in the stream are skipped (they are in
@@ -277,6 +282,7 @@ _RULES: dict[str, dict[str, Callable[[str, object], Any]]] = {
     "applier": {
         "chunk_events_max": lambda k, v: _positive_int(k, v, maximum=100_000),
         "idle_poll_ms": lambda k, v: _positive_float(k, v, maximum=60_000.0),
+        "group_interval_ms": lambda k, v: _non_negative_float(k, v, maximum=60_000.0),
         "in_doubt_after_s": lambda k, v: _positive_float(k, v, maximum=86_400.0),
         "strict": lambda k, v: _boolean(k, v),
         "require_bootstrap": lambda k, v: _boolean(k, v),
