@@ -28,14 +28,16 @@ from sidecar.domain.money import Currency
 from sidecar.domain.outcome import PostedLeg, Rejection, TransferStatus
 from sidecar.ports import LogHead, StoredEvent
 
-# Every transfers lookup below is a probe by key (or by the reversal index) per asked key:
+# Every transfers lookup below is a probe by key (or by the reversal index) per asked key,
+# the first one (asked) included:
 # asyncpg prepares statements once per connection, and a generic plan made while transfers
 # was empty (a fresh ledger) hash-joined a sequential scan of the whole table, kept as the
 # table grew (2.2 ms a call at 6,000 transfers, 0.3 ms probing). The correlated subqueries
 # and OFFSET 0 keep the probes whatever the statistics said at prepare time.
 LOAD_TRANSFERS = """
 WITH asked AS (
-    SELECT key FROM transfers WHERE key = ANY ($1::text[])
+    SELECT t.key FROM unnest($1::text[]) AS a (key)
+    CROSS JOIN LATERAL (SELECT key FROM transfers t WHERE t.key = a.key OFFSET 0) t
 ), wanted AS (
     SELECT key FROM asked
     UNION

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from sidecar.capture import Capture
 from sidecar.config import CaptureSettings
-from sidecar.db.mirror_store import PostgresMirrorLog
+from sidecar.db.mirror_store import FIND, PostgresMirrorLog
 from sidecar.domain.mirror import MirrorRecord, RecordKind
 from sidecar.errors import LedgerUnavailable
 from sidecar.memory import InMemoryMirrorLog
@@ -198,16 +198,19 @@ async def test_a_held_connection_that_dies_is_replaced_and_nothing_is_written_tw
 async def test_appends_probe_the_index_whatever_size_the_stream_had_when_planned(
     conn: asyncpg.Connection,
 ) -> None:
-    """A session's plans are made once: planned on an empty stream they must still probe the
-    index when it holds many records (migration 0010), not scan it (what 0006's join did)."""
+    """A session's plans are made once: planned on an empty stream, the append (migration 0010)
+    and the lookup by request id must still probe the index when the stream holds many
+    records, not scan it (what 0006's join did)."""
 
     def group(prefix: str, n: int) -> list[list[object]]:
         ids = [f"{prefix}-{i}" for i in range(n)]
         return [[0] * n, ["intent"] * n, ids, ["r"] * n, ['{"path": "/p"}'] * n, [None] * n]
 
     append = "SELECT append_mirror($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6)"
+    find = await conn.prepare(FIND)  # the applier's and the resolver's lookup, prepared once
     for i in range(8):  # planned on a near-empty stream, and kept (PL/pgSQL's plan cache)
         await conn.fetchval(append, *group(f"early{i}", 1))
+        await find.fetch([f"early{i}-0"], "intent")
     await conn.fetchval(append, *group("bulk", 20_000))
     plans: list[str] = []
     conn.add_log_listener(lambda _conn, message: plans.append(message.message))
@@ -218,6 +221,7 @@ async def test_appends_probe_the_index_whatever_size_the_stream_had_when_planned
     )
     await conn.fetchval(append, *group("late", 2))
     await conn.fetchval(append, *group("late", 2))  # appended again: the general path
+    assert len(await find.fetch(["late-0", "late-1", "bulk-7"], "intent")) == 3
     await conn.execute("RESET auto_explain.log_min_duration")
     said = "\n".join(plans)
     assert "mirror_events_once" in said, said

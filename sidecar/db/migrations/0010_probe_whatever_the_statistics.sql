@@ -1,17 +1,20 @@
--- 0010_append_mirror_probes: append_mirror looks for records already in the stream with one
--- index probe per record, whatever the table's statistics said when the plan was made.
+-- 0010_probe_whatever_the_statistics: the statements that look rows up in the growing tables
+-- (the mirror stream) from PL/pgSQL probe an index per row, whatever the table's statistics
+-- said when the plan was made.
 --
--- Why: PL/pgSQL keeps a plan per statement per session. The check of 0006 joined the group
--- with mirror_events; planned while the stream was small (a fresh deployment, the first
--- minutes after a bootstrap), it hash-joined a sequential scan of the whole table, and that
--- plan stayed with the session as the stream grew: on one long-lived connection an append
--- went from 0.6 ms to 4 ms a call over 30,000 records, while a fresh connection stayed at
--- 0.4 ms (docs/benchmarks.md). Capture's writer holds its connection for good, so its appends
--- would have slowed without bound until an ANALYZE happened to replan them. The lateral
--- subqueries (OFFSET 0 keeps them apart) probe the unique index (request_id, kind) per record,
--- and the general path moves the head by what it inserted instead of counting the stream's
--- tail (a scan when planned on a small stream).
--- Same guarantees, same signature; tests/integration/test_capture.py checks the plan.
+-- Why: PL/pgSQL keeps a plan per statement per session. Planned while a table was small (a
+-- fresh deployment, the first minutes after a bootstrap), a join hash-joined a sequential scan
+-- of the whole table, and that plan stayed with the session as the table grew:
+-- - append_mirror's check of 0006 (is any record already in the stream?): on one long-lived
+--   connection an append went from 0.6 ms to 4 ms a call over 30,000 records, while a fresh
+--   connection stayed at 0.4 ms (docs/benchmarks.md). Capture's writer holds its connection
+--   for good, so its appends, on the customer path, would have slowed without bound until an
+--   ANALYZE happened to replan them. Its general path also counted the stream's tail to move
+--   the head: it now moves it by what it inserted.
+-- - the SLO trigger of 0007 (each comparison's outcome record, for freshness): a scan of
+--   mirror_events in every applier transaction.
+-- Lateral subqueries (OFFSET 0 keeps them apart) probe the unique indexes instead. Same
+-- guarantees, same signatures; tests/integration/test_capture.py reads the plans.
 
 CREATE OR REPLACE FUNCTION append_mirror(
     p_partitions  integer[],
@@ -72,4 +75,30 @@ BEGIN
     LEFT JOIN fresh first ON first.request_id = i.request_id AND first.kind = i.kind;
     UPDATE mirror_head SET seq = v_head + v_added;  -- what this call inserted (the head is ours)
     RETURN v_seqs;
+END $$;
+
+CREATE OR REPLACE FUNCTION comparisons_count_for_slos() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_fresh interval := make_interval(secs => coalesce(
+        (SELECT seconds FROM slo_thresholds WHERE slo = 'shadow_freshness'), 30));
+BEGIN
+    INSERT INTO slo_minutes AS m (slo, minute, good, total)
+    SELECT e.slo, date_trunc('minute', n.compared_at), count(*) FILTER (WHERE e.good), count(*)
+    FROM new_rows n
+    LEFT JOIN LATERAL (
+        SELECT o.recorded_at FROM mirror_events o WHERE o.seq = n.seq OFFSET 0
+    ) o ON true
+    CROSS JOIN LATERAL (VALUES
+        -- legacy's own errors and skipped requests say nothing of the ledger's consistency
+        ('shadow_consistency', n.outcome IN ('match', 'mismatch', 'ledger_error'),
+         n.outcome <> 'ledger_error' AND NOT n.monetary),
+        ('shadow_freshness', o.recorded_at IS NOT NULL,
+         n.compared_at - o.recorded_at <= v_fresh)
+    ) AS e (slo, counted, good)
+    WHERE e.counted
+    GROUP BY e.slo, date_trunc('minute', n.compared_at)
+    ON CONFLICT (slo, minute) DO UPDATE
+        SET good = m.good + EXCLUDED.good, total = m.total + EXCLUDED.total;
+    RETURN NULL;
 END $$;
