@@ -105,6 +105,13 @@ async def test_a_real_scrape_passes_promtool_and_reads_zero_before_traffic(
     assert value(found, "ledger_sidecar_build_info") == 1
     assert found['ledger_sidecar_mode{mode="shadow"}'] == 1
     assert "CUST-" not in text  # no account id in any label, ever
+    # the SLO thresholds (sidecar/slo.toml) are buckets: their ratios are exact, not guessed
+    for histogram, threshold in (
+        ("ledger_sidecar_request_duration_seconds_bucket", "0.25"),
+        ("ledger_sidecar_upstream_duration_seconds_bucket", "0.25"),
+        ("ledger_sidecar_shadow_lag_seconds_bucket", "30.0"),
+    ):
+        assert any(k.startswith(histogram) and f'le="{threshold}"' in k for k in found), histogram
     assert om_type.startswith("application/openmetrics-text")
     assert openmetrics.endswith("# EOF\n")
     # every family a real scrape has is in the document's table, with its type
