@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import aiohttp
@@ -151,11 +151,15 @@ class ShadowWorker:
 
     async def stop(self) -> None:
         await self._stack.aclose()
-        applied = self.applier.stats.compared if self.applier is not None else 0
-        log.info(
-            "shadow worker stopped",
-            extra={"event": "stopped", "role": "shadow_worker", "compared": applied},
-        )
+        if self.applier is not None:  # it had started
+            log.info(
+                "shadow worker stopped",
+                extra={
+                    "event": "stopped",
+                    "role": "shadow_worker",
+                    "compared": self.applier.stats.compared,
+                },
+            )
 
 
 class CountsSaver:
@@ -279,7 +283,14 @@ class Sidecar:
                 pool = await create_pool(settings.database)
                 stack.push_async_callback(pool.close)
                 self.metrics.pools["capture"] = pool
-                captured_stream = PostgresMirrorLog(pool, hold_connection=True)
+                # capture's writer keeps one connection of a pool of its own, so that the
+                # flag, counts and ledger-primary never wait behind it for a connection
+                writer_pool = await create_pool(
+                    replace(settings.database, pool_connections_min=1, pool_connections_max=1)
+                )
+                stack.push_async_callback(writer_pool.close)
+                self.metrics.pools["capture_writer"] = writer_pool
+                captured_stream = PostgresMirrorLog(writer_pool, hold_connection=True)
                 stack.push_async_callback(captured_stream.close)  # after capture has stopped
                 capture = Capture(captured_stream, settings.capture)
                 await capture.start()
@@ -388,8 +399,11 @@ class Sidecar:
 
     async def stop(self) -> None:
         await self._stack.aclose()
-        served = self.proxy.stats.requests if self.proxy is not None else 0
-        log.info("sidecar stopped", extra={"event": "stopped", "role": "proxy", "served": served})
+        if self.proxy is not None:  # it had started
+            served = self.proxy.stats.requests
+            log.info(
+                "sidecar stopped", extra={"event": "stopped", "role": "proxy", "served": served}
+            )
 
     def _mode_of(self) -> Callable[[str | None], Evaluation]:
         flags = self.flags

@@ -214,6 +214,7 @@ class Applier:
         self._done: dict[int, int] = {}  # partition -> compared up to (from the offsets)
         self._pending: OrderedDict[str, MirrorEvent] = OrderedDict()  # intents awaiting outcome
         self._held: dict[str, MirrorEvent] = {}  # intents of answered exchanges held back
+        self._read_to_end = True  # the last read reached the stream's head
         #: account -> (span, overlap) of recently applied exchanges
         self._recent: dict[str, deque[tuple[Span, Overlap]]] = {}
         self._touched: dict[str, deque[Span]] = {}  # account -> spans of requests moving it
@@ -355,7 +356,7 @@ class Applier:
             backoff = idle
             if applied == 0:
                 await asyncio.sleep(idle)
-            elif applied < self.settings.chunk_events_max:  # keeping up: let a group gather
+            elif self._read_to_end:  # keeping up: let the next group gather
                 await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def catch_up(self, head: int | None = None, timeout_s: float = 60.0) -> None:
@@ -391,6 +392,9 @@ class Applier:
                 if limit <= 0:
                     return 0
             events = await self.stream.read(self._cursor, limit)
+            # the read reached the stream's head: the applier keeps up (not: it consumed less
+            # than it read, which exchanges still in flight cause when it is behind too)
+            self._read_to_end = len(events) < limit
             if not events:
                 return 0
             items = await self._pair(events)

@@ -112,13 +112,21 @@ async def fetch_offset(conn: asyncpg.Connection, consumer: str, partition: int) 
     return seq or 0
 
 
+def _closed(connection: asyncpg.Connection) -> bool:
+    """Whether a held connection is gone: closed, or already taken back by its pool (asyncpg
+    detaches a pooled connection the server ended, and then refuses to be asked)."""
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 class PostgresMirrorLog:
     """The mirror stream in PostgreSQL. With ``hold_connection`` (capture's writer, on the
-    customer path) appends keep one connection of the pool instead of taking one per group:
-    measured here, an append through the pool's acquire and release cost 2x the client CPU
-    and grew from 0.5 to 2-3 ms a call over 2,000 calls, one on a held connection stayed at
-    0.5 ms. A connection that fails is given back and the next append takes another.
-    ``close()`` gives it back for good."""
+    customer path, given a pool of its own) appends keep one connection instead of taking
+    one from the pool per group: measured here, 76-130 us of client CPU an append against
+    150-290 us through the pool's acquire and release (docs/benchmarks.md). A connection that
+    fails is given back and the next append takes another; ``close()`` gives it back."""
 
     def __init__(self, pool: asyncpg.Pool, hold_connection: bool = False) -> None:
         self._pool = pool
@@ -146,7 +154,7 @@ class PostgresMirrorLog:
     async def _append_held(self, arguments: tuple[list[Any], ...]) -> list[int]:
         async with self._held_lock:
             try:
-                if self._held is not None and self._held.is_closed():
+                if self._held is not None and _closed(self._held):
                     await self._give_back(broken=True)  # ended while idle (say, a restart)
                 if self._held is None:
                     self._held = await self._pool.acquire()

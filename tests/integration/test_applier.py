@@ -322,3 +322,26 @@ async def test_a_route_hook_says_what_the_mapping_file_cannot(
     assert verdicts["bad"]["outcome"] == "skipped"
     assert "hook failed" in verdicts["bad"]["detail"]
     assert await balances(pool, "AB") == {"A": 10000 - 1050, "B": 1050}
+
+
+async def test_an_applier_behind_does_not_pause_between_groups(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A group that ends at an exchange still in flight is no sign of keeping up: only a read
+    that reached the stream's head lets the next group gather (group_interval_ms)."""
+    stream = PostgresMirrorLog(pool)
+    for r in snapshot("s", {"A": "1000.00", "B": "0.00"}):
+        await stream.append([r])
+    exchanges = [payment(f"P{i}", "A", "B", "0.01") for i in range(400)]
+    records = [exchanges[0][0]]
+    for i in range(1, len(exchanges)):  # each answer recorded after the next request began
+        records += [exchanges[i][0], exchanges[i - 1][1]]
+    records.append(exchanges[-1][1])
+    await stream.append(records)
+    # a minute between groups if the applier thought it kept up: catch_up (30 s) would fail
+    slow = replace(
+        settings, applier=replace(settings.applier, chunk_events_max=100, group_interval_ms=60_000)
+    )
+    applier = await run_to_the_head(stream, pool, PostgresComparisonStore(pool), ROUTES, slow)
+    assert applier.stats.groups >= 8
+    assert await balances(pool, "AB") == {"A": 100_000 - 400, "B": 400}

@@ -10,11 +10,14 @@ from dataclasses import replace
 import asyncpg
 import pytest
 from sidecar.capture import Capture
-from sidecar.config import CaptureSettings
+from sidecar.config import CaptureSettings, DatabaseSettings, Settings
 from sidecar.db.mirror_store import FIND, PostgresMirrorLog
+from sidecar.demo.shadow_demo import ShadowStack
 from sidecar.domain.mirror import MirrorRecord, RecordKind
 from sidecar.errors import LedgerUnavailable
 from sidecar.memory import InMemoryMirrorLog
+
+from tests.integration.test_shadow import shadow_settings, traffic
 
 SETTINGS = CaptureSettings(wait_ms_max=200.0)
 
@@ -226,3 +229,19 @@ async def test_appends_probe_the_index_whatever_size_the_stream_had_when_planned
     said = "\n".join(plans)
     assert "mirror_events_once" in said, said
     assert "Seq Scan on mirror_events" not in said, said
+
+
+async def test_capture_holding_its_connection_leaves_the_sidecars_pool_to_the_rest(
+    settings: Settings, db: DatabaseSettings
+) -> None:
+    """With a pool of one connection (a valid setting), the flag, the counts and the ledger's
+    answers still get it: capture's writer holds a connection of a pool of its own."""
+    small = replace(db, pool_connections_max=1)
+    async with ShadowStack(shadow_settings(settings, small), customers=10) as stack:
+        await stack.bootstrap()
+        await traffic(stack, 1.0)
+        await stack.settle()
+        pools = stack.sidecar.metrics.pools
+        assert pools["capture_writer"].get_size() == 1
+        async with asyncio.timeout(10):  # it would wait for ever behind the writer
+            assert await pools["capture"].fetchval("SELECT 1") == 1
