@@ -228,10 +228,11 @@ def payment(n: int, run: str) -> tuple[str, bytes, dict[str, str]]:
 
 class _Connection:
     """One keep-alive HTTP/1.1 connection of the load generator: a request written, its
-    answer read (status line, headers, a Content-Length body), nothing else."""
+    answer read (status line, headers, a Content-Length body: what every target sends)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.reusable = True
 
     async def exchange(self, request: bytes) -> int:
         self.writer.write(request)
@@ -240,11 +241,25 @@ class _Connection:
         length = 0
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                self.reusable = False
+            elif name == b"transfer-encoding":
+                raise ValueError("a chunked answer: the load generator reads Content-Length only")
         if length:
             await self.reader.readexactly(length)
         return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+#: the load generator's connections at most (what aiohttp's client was limited to before)
+CONNECTIONS_MAX = 256
+#: an answer slower than this counts as an error (and the run goes on)
+ANSWER_TIMEOUT_S = 30.0
 
 
 async def open_loop(base: str, rate: float, seconds: float, run: str) -> dict[str, Any]:
@@ -258,26 +273,40 @@ async def open_loop(base: str, rate: float, seconds: float, run: str) -> dict[st
     errors = 0
     total = int(rate * seconds)
     idle: list[_Connection] = []
-    opened: list[_Connection] = []
+    opened = 0
+    slots = asyncio.Semaphore(CONNECTIONS_MAX)
 
     async def one(n: int, due: float) -> None:
-        nonlocal errors
+        nonlocal errors, opened
         path, body, headers = payment(n, run)
         request = (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        connection = idle.pop() if idle else None
-        try:
-            if connection is None:
-                connection = _Connection(*await asyncio.open_connection(host, int(port)))
-                opened.append(connection)
-            status = await connection.exchange(request)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
-            return
-        idle.append(connection)
+        async with slots:  # a request beyond the cap waits for a connection (and it counts)
+            connection = idle.pop() if idle else None
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    if connection is None:
+                        connection = _Connection(*await asyncio.open_connection(host, int(port)))
+                        opened += 1
+                    status = await connection.exchange(request)
+            except (
+                OSError,
+                TimeoutError,
+                ValueError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,  # headers past the stream's limit
+            ):
+                errors += 1
+                if connection is not None:
+                    connection.close()  # its state is unknown: never reused
+                return
+            if connection.reusable:
+                idle.append(connection)
+            else:
+                connection.close()
         if status >= 500:
             errors += 1
         latencies.append(time.perf_counter() - due)
@@ -291,8 +320,8 @@ async def open_loop(base: str, rate: float, seconds: float, run: str) -> dict[st
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(n, due)))
     await asyncio.gather(*tasks)
-    for connection in opened:
-        connection.writer.close()
+    for connection in idle:
+        connection.close()
     latencies.sort()
 
     def pick(q: float) -> float:
@@ -302,7 +331,7 @@ async def open_loop(base: str, rate: float, seconds: float, run: str) -> dict[st
         "offered_per_s": rate,
         "requests": len(latencies),
         "errors": errors,
-        "connections": len(opened),
+        "connections": opened,
         "p50_ms": round(pick(0.50), 3) if latencies else None,
         "p99_ms": round(pick(0.99), 3) if latencies else None,
     }
