@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,11 +48,34 @@ def wait_until_answering(
             time.sleep(0.1)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A port for a child process to listen on, below the kernel's ephemeral range: a port
+    the kernel handed out (bind to 0) can be taken, before the child binds it, as the source
+    port of any outgoing connection on the machine, which failed a fresh-clone CI run once
+    (address already in use). Checked bindable, and never handed out twice in one run."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, max(10_001, low))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def test_serve_logs_json_lines_and_stays_quiet_with_tracing_disabled(
