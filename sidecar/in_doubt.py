@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from sidecar.domain.mapping import MISSING, Operation, RouteTable, extract, lookup_path
+from sidecar.domain.mapping import MISSING, Operation, RouteTable, lookup_path
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
 from sidecar.domain.shadow import exchange_of
+from sidecar.domain.translate import exchange_value
 from sidecar.errors import SidecarError
 from sidecar.owned import OwnedTask
 from sidecar.ports import MirrorLog
@@ -115,13 +116,7 @@ async def _resolution(
         return UNRESOLVABLE
     values: dict[str, str] = {}
     for name, source in route.fields.items():
-        value = extract(
-            source,
-            request=exchange.request,
-            path_params=matched.path_params,
-            query=exchange.query,
-            headers=exchange.headers,
-        )
+        value = exchange_value(source, exchange, matched.path_params)
         if value is not MISSING and value is not None:
             values[name] = str(value)
     try:

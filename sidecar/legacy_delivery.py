@@ -31,9 +31,10 @@ from urllib.parse import urlencode
 import aiohttp
 from multidict import CIMultiDict
 
-from sidecar.domain.mapping import MISSING, RouteTable, extract
+from sidecar.domain.mapping import MISSING, RouteTable
 from sidecar.domain.mirror import MirrorEvent, MirrorRecord, RecordKind
 from sidecar.domain.shadow import exchange_of
+from sidecar.domain.translate import exchange_value
 from sidecar.errors import SidecarError
 from sidecar.owned import OwnedTask
 from sidecar.ports import MirrorLog
@@ -144,13 +145,7 @@ class LegacyDelivery:
             source = matched.route.fields.get(name)
             if source is None:
                 continue
-            value = extract(
-                source,
-                request=exchange.request,
-                path_params=matched.path_params,
-                query=exchange.query,
-                headers=exchange.headers,
-            )
+            value = exchange_value(source, exchange, matched.path_params)
             if value is not MISSING and value is not None:
                 found.add(str(value))
         return found or None

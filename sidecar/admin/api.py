@@ -39,7 +39,7 @@ from sidecar.admin.replays import ReplayRunner, ReplayRunning
 from sidecar.db.admin_store import AdjustmentRefused, NotFound, PostgresAdminStore, Token
 from sidecar.db.comparison_store import PostgresComparisonStore
 from sidecar.domain.audit import AuditRecord, Permission, Role, allows
-from sidecar.domain.flags import FlagRules, Mode, parse_cohort
+from sidecar.domain.flags import LEDGER_ANSWERS, FlagRules, Mode, parse_cohort
 from sidecar.domain.ledger import Transfer
 from sidecar.domain.money import Amount, Currency
 from sidecar.domain.readiness import Report, Verdict
@@ -87,7 +87,7 @@ class NotReady(SidecarError):
 
 
 #: modes where the ledger answers customers: stepping into one needs a GO
-GATED = frozenset({Mode.LEDGER_PRIMARY, Mode.LEDGER_ONLY})
+GATED = LEDGER_ANSWERS
 
 
 #: anonymous refusals recorded per minute; beyond that they are counted into the next record

@@ -54,6 +54,10 @@ class Mode(StrEnum):
         return list(Mode).index(self)
 
 
+#: the modes where the ledger answers the customer (a step into one is gated by readiness)
+LEDGER_ANSWERS = frozenset({Mode.LEDGER_PRIMARY, Mode.LEDGER_ONLY})
+
+
 class Reason(StrEnum):
     """OpenFeature's resolution reasons, the ones this flag gives."""
 

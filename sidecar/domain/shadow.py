@@ -38,10 +38,16 @@ from sidecar.domain.comparison import (
     SideStatus,
 )
 from sidecar.domain.ledger import Result, Reversal, Transfer
-from sidecar.domain.mapping import MISSING, RESULT_FIELDS, Route, extract
+from sidecar.domain.mapping import MISSING, RESULT_FIELDS, Route
 from sidecar.domain.mirror import MirrorRecord
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
-from sidecar.domain.translate import BalanceRead, Exchange, LedgerRequest, legacy_side
+from sidecar.domain.translate import (
+    BalanceRead,
+    Exchange,
+    LedgerRequest,
+    exchange_value,
+    legacy_side,
+)
 from sidecar.errors import SidecarError
 
 #: overlapping exchanges looked at when explaining a difference by order (2^n subsets)
@@ -107,14 +113,7 @@ def legacy_result(
             source = route.result.get(name) or route.fields.get(name)
             if source is None:
                 continue
-            value = extract(
-                source,
-                request=exchange.request,
-                answer=exchange.answer,
-                path_params=path_params,
-                query=exchange.query,
-                headers=exchange.headers,
-            )
+            value = exchange_value(source, exchange, path_params)
             if value is MISSING:
                 continue
             if name == "currency":

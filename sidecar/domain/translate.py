@@ -70,7 +70,7 @@ def legacy_side(route: Route, exchange: Exchange) -> tuple[SideStatus, str | Non
     if status in route.outcome.rejected_statuses:
         code = None
         if route.outcome.rejection_code is not None:
-            value = _value(route.outcome.rejection_code, exchange, None)
+            value = exchange_value(route.outcome.rejection_code, exchange)
             code = None if value is MISSING else str(value)
         return SideStatus.REJECTED, code
     return SideStatus.ERROR, f"legacy status {status} is neither accepted nor rejected"
@@ -104,7 +104,7 @@ def to_ledger(
                 raise InvalidCommand(f"route {route.name!r}: {name} is missing (hook)")
             return value
         source = route.fields[name]
-        value = _value(source, exchange, matched.path_params)
+        value = exchange_value(source, exchange, matched.path_params)
         if value is MISSING or value is None or value == "":
             raise InvalidCommand(f"route {route.name!r}: {name} is missing at {source}")
         return value
@@ -126,7 +126,7 @@ def to_ledger(
     def metadata() -> dict[str, str]:
         out: dict[str, str] = {"route": route.name}
         if "reference" in route.fields:
-            value = _value(route.fields["reference"], exchange, matched.path_params)
+            value = exchange_value(route.fields["reference"], exchange, matched.path_params)
             if value is not MISSING and value is not None:
                 out["reference"] = str(value)[:1024]
         return out
@@ -171,7 +171,11 @@ def ledger_key(operation: str, legacy_key: str) -> str:
     return f"{operation}:sha256:{hashlib.sha256(legacy_key.encode()).hexdigest()}"
 
 
-def _value(source: Any, exchange: Exchange, path_params: Mapping[str, str] | None) -> Any:
+def exchange_value(
+    source: Any, exchange: Exchange, path_params: Mapping[str, str] | None = None
+) -> Any:
+    """The value ``source`` points at in the exchange (its request, answer, query, headers,
+    and the matched path's parameters), or ``MISSING``."""
     return extract(
         source,
         request=exchange.request,

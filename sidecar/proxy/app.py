@@ -39,7 +39,7 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.capture import Capture
 from sidecar.config import ProxySettings
-from sidecar.domain.flags import FLAG_KEY, Evaluation, Mode, Reason
+from sidecar.domain.flags import FLAG_KEY, LEDGER_ANSWERS, Evaluation, Mode, Reason
 from sidecar.domain.mapping import MISSING, MatchedRoute, Origin, RouteTable, extract
 from sidecar.domain.mirror import MirrorRecord, RecordKind, partition_of
 from sidecar.domain.translate import Exchange
@@ -559,10 +559,6 @@ class Proxy:
         if mirrored is not None:
             await mirrored.record(RecordKind.OUTCOME, {"error": code})
         return problem(status, code, message)
-
-
-#: modes where the ledger answers the customer
-LEDGER_ANSWERS = frozenset({Mode.LEDGER_PRIMARY, Mode.LEDGER_ONLY})
 
 
 def _json_or_missing(body: bytes) -> Any:

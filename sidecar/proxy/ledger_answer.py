@@ -23,9 +23,9 @@ from typing import Any
 
 from sidecar.domain.answer import LedgerAnswer, render
 from sidecar.domain.ledger import OpenAccount, Reversal
-from sidecar.domain.mapping import MISSING, MatchedRoute, Operation, extract
+from sidecar.domain.mapping import MISSING, MatchedRoute, Operation
 from sidecar.domain.outcome import AccountOutcome, TransferOutcome
-from sidecar.domain.translate import Exchange, to_ledger
+from sidecar.domain.translate import Exchange, exchange_value, to_ledger
 from sidecar.errors import (
     CurrencyMismatch,
     InvalidCommand,
@@ -111,25 +111,13 @@ class LedgerAnswerer:
         source = matched.route.fields.get("key")
         if source is None:
             return None
-        value = extract(
-            source,
-            request=exchange.request,
-            path_params=matched.path_params,
-            query=exchange.query,
-            headers=exchange.headers,
-        )
+        value = exchange_value(source, exchange, matched.path_params)
         return str(value)[:512] if value is not MISSING and value not in (None, "") else None
 
     async def _on_ledger(self, matched: MatchedRoute, exchange: Exchange) -> LedgerAnswer:
         route = matched.route
         if route.operation is Operation.BALANCE:
-            account = extract(
-                route.fields["account"],
-                request=exchange.request,
-                path_params=matched.path_params,
-                query=exchange.query,
-                headers=exchange.headers,
-            )
+            account = exchange_value(route.fields["account"], exchange, matched.path_params)
             if account is MISSING:
                 raise InvalidCommand(f"route {route.name!r}: no account")
             view = await self.store.load({str(account)}, set())

@@ -44,7 +44,7 @@ from prometheus_client.samples import Sample
 from sidecar import __version__
 from sidecar.config import TelemetrySettings
 from sidecar.domain.comparison import MONETARY, DivergenceKind, Outcome
-from sidecar.domain.flags import FlagRules, Mode
+from sidecar.domain.flags import LEDGER_ANSWERS, FlagRules, Mode
 from sidecar.domain.mapping import Operation
 from sidecar.domain.readiness import Report, Verdict
 
@@ -62,8 +62,6 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 MODES = tuple(m.value for m in Mode)
-#: the modes where the ledger answers the customer
-LEDGER_MODES = frozenset({Mode.LEDGER_PRIMARY.value, Mode.LEDGER_ONLY.value})
 MONETARY_KINDS = frozenset(k.value for k in MONETARY)
 #: what a request's operation label says when no mapped route matched
 UNMAPPED = "unmapped"
@@ -270,7 +268,7 @@ class ProxyMetrics:
             for outcome in REQUEST_OUTCOMES:
                 for tier in self.accounts.tiers:
                     self.request_duration.labels(operation, outcome, mode, tier)
-        if mode in LEDGER_MODES:  # the ledger decides on the customer path
+        if mode in LEDGER_ANSWERS:  # the ledger decides on the customer path
             for operation in (o.value for o in Operation):
                 self.upstream_duration.labels("ledger", operation, "success")
 
