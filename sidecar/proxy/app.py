@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 import uuid
 import zlib
 from collections import Counter
@@ -46,7 +47,7 @@ from sidecar.domain.translate import Exchange
 from sidecar.errors import IdempotencyConflict, InvalidCommand, SidecarError
 from sidecar.proxy.ledger_answer import LedgerAnswerer
 from sidecar.telemetry.metrics import UNMAPPED, ProxyMetrics, outcome_of_status
-from sidecar.telemetry.tracing import PROPAGATOR, ids_of
+from sidecar.telemetry.tracing import PROPAGATOR, child_span, ids_of
 
 #: RFC 9110 §7.6.1 and RFC 9112: meaningful for one connection only
 HOP_BY_HOP = frozenset(
@@ -207,7 +208,7 @@ class _Mirrored:
         record = MirrorRecord(
             self.partition, kind, self.request_id, content, self.route, self.trace_id
         )
-        with self.tracer.start_as_current_span(f"capture {kind.value}") as span:
+        with child_span(self.tracer, f"capture {kind.value}") as span:
             ok = await self.capture.record(record, wait_s=remaining)
             if self.capture.durable:  # not committed in time: written late, or dropped
                 result = "committed" if ok else "not_committed_in_time"
@@ -279,8 +280,9 @@ class Proxy:
     async def _forward(
         self, request: web.Request, matched: MatchedRoute | None, span: trace.Span
     ) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        # durations by the performance counter: uvloop's loop.time() is libuv's cached
+        # millisecond clock, which would round every latency to whole milliseconds
+        started = time.perf_counter()
         self.stats.requests += 1
         view: _Fields | None = None
         evaluation: Evaluation | None = None
@@ -310,11 +312,11 @@ class Proxy:
             mode = evaluation.variant
             forwarded = end_to_end(request.headers)
             if mode in LEDGER_ANSWERS and view is not None and self.answerer is not None:
-                ledger_started = loop.time()
+                ledger_started = time.perf_counter()
                 ids = (trace_id, span_id, sampled)
                 answered = await self._ledger_answer(request, forwarded, body, view, mode, ids)
                 if answered is not None:  # else the ledger could not decide: legacy answers
-                    ledger_seconds = loop.time() - ledger_started
+                    ledger_seconds = time.perf_counter() - ledger_started
                     if self.metrics is not None:
                         self.metrics.upstream_duration.labels(
                             "ledger", operation, "success"
@@ -334,11 +336,9 @@ class Proxy:
                 sampled,
                 Mode.LEGACY if mode is Mode.LEGACY else Mode.SHADOW,
             )
-            legacy_started = loop.time()
+            legacy_started = time.perf_counter()
             try:
-                with self.tracer.start_as_current_span(
-                    f"legacy {request.method}", kind=SpanKind.CLIENT
-                ) as client:
+                with child_span(self.tracer, f"legacy {request.method}", SpanKind.CLIENT) as client:
                     PROPAGATOR.inject(forwarded)  # the legacy service joins the trace
                     async with self.session.request(
                         request.method,
@@ -354,14 +354,14 @@ class Proxy:
                     client.set_attribute("http.response.status_code", status)
             except TimeoutError:
                 outcome = "legacy_timeout"
-                legacy_seconds = loop.time() - legacy_started
+                legacy_seconds = time.perf_counter() - legacy_started
                 self._legacy_call(operation, "timeout", legacy_seconds, trace_id)
                 return await self._legacy_failed(
                     mirrored, 504, "legacy_timeout", "the legacy service did not answer in time"
                 )
             except aiohttp.ClientError as exc:
                 outcome = "legacy_unreachable"
-                legacy_seconds = loop.time() - legacy_started
+                legacy_seconds = time.perf_counter() - legacy_started
                 self._legacy_call(operation, "unreachable", legacy_seconds, trace_id)
                 return await self._legacy_failed(
                     mirrored,
@@ -370,7 +370,7 @@ class Proxy:
                     f"the legacy service cannot be reached: {exc}",
                 )
             outcome = outcome_of_status(status)
-            legacy_seconds = loop.time() - legacy_started
+            legacy_seconds = time.perf_counter() - legacy_started
             self._legacy_call(operation, outcome, legacy_seconds, trace_id)
             response = web.Response(status=status, headers=headers, body=answer)
             if "Content-Type" not in headers:
@@ -397,7 +397,7 @@ class Proxy:
                 span.set_attribute("http.response.status_code", status)
             if outcome not in ("success", "client_error"):
                 span.set_status(trace.StatusCode.ERROR, outcome)
-            seconds = loop.time() - started
+            seconds = time.perf_counter() - started
             self.stats.completed += 1
             if outcome in ("server_error", "legacy_timeout", "legacy_unreachable"):
                 self.stats.errors += 1
@@ -464,7 +464,7 @@ class Proxy:
             headers={k: v for k, v in request.headers.items()},
             query={k: v for k, v in request.query.items()},
         )
-        with self.tracer.start_as_current_span(f"ledger {route.operation.value}"):
+        with child_span(self.tracer, f"ledger {route.operation.value}"):
             decided = await self.answerer.decide(view.matched, exchange)
         if isinstance(decided, SidecarError) and mode is not Mode.LEDGER_ONLY:
             return None  # ledger-primary: the legacy service answers, as in shadow mode

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -40,7 +41,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar import __version__
@@ -138,6 +139,20 @@ def tracer_of(provider: trace.TracerProvider | None) -> trace.Tracer:
     if provider is None:
         return trace.NoOpTracer()
     return provider.get_tracer(INSTRUMENTATION, __version__)
+
+
+def child_span(
+    tracer: trace.Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL
+) -> AbstractContextManager[Span]:
+    """A child of the current span; or, when the current span records nothing (no exporter,
+    or a trace not sampled), that span itself. A child of a span that records nothing would
+    record nothing either (the sampler is parent-based, or decides by the same trace id), so
+    the customer path skips the sampler's and the context's work for it; the trace id, and
+    the traceparent sent on, stay the parent's."""
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return nullcontext(current)
+    return tracer.start_as_current_span(name, kind=kind)
 
 
 def ids_of(span: Span) -> tuple[str | None, str | None]:

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,8 @@ from sidecar.domain.mirror import MirrorRecord, RecordKind
 from sidecar.errors import LedgerUnavailable
 from sidecar.mapping_file import load_route_table
 from sidecar.memory import InMemoryMirrorLog
-from sidecar.proxy.app import Proxy, legacy_session
+from sidecar.proxy.app import Proxy, legacy_session, requests_log
+from sidecar.runtime import run
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "mappings" / "example-legacy.toml"
 
@@ -234,3 +236,35 @@ async def test_capture_keeps_repeated_query_parameters(rig: Rig) -> None:
     await fetch(rig.client, "POST", rig.via_proxy(path), json={})
     intent = (await rig.log.read())[0].record
     assert intent.content["query"] == [["tag", "a"], ["tag", "b"]]
+
+
+def test_latencies_are_measured_finer_than_uvloops_millisecond_clock() -> None:
+    """On uvloop (as ``serve`` runs), ``loop.time()`` is libuv's cached millisecond clock: a
+    latency read from it is a whole number of milliseconds. The proxy's latencies (its log
+    line, its histograms) come from the performance counter instead."""
+    latencies: list[float] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            latencies.append(record.__dict__["latency_seconds"])
+            latencies.append(record.__dict__["legacy_latency_seconds"])
+
+    async def scenario() -> None:
+        async for r in make_rig(mode="legacy"):
+            for n in range(20):
+                status, _, _ = await fetch(r.client, "GET", r.via_proxy(f"/echo?n={n}"))
+                assert status == 200
+
+    handler = Keep()
+    requests_log.addHandler(handler)
+    level = requests_log.level
+    requests_log.setLevel(logging.INFO)
+    try:
+        run(scenario())
+    finally:
+        requests_log.removeHandler(handler)
+        requests_log.setLevel(level)
+    assert len(latencies) == 40
+    # a whole number of milliseconds every time: the millisecond clock (chance otherwise: nil)
+    whole = [x for x in latencies if abs(x * 1000 - round(x * 1000)) < 1e-9]
+    assert len(whole) < len(latencies), latencies
