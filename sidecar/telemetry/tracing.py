@@ -22,7 +22,8 @@ tracing off (no exporter, no noise); ``OTEL_SERVICE_NAME`` (default ``ledger-sid
 (``grpc`` or ``http/protobuf``, the default) and the ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``.
 Spans are exported over OTLP only when an endpoint is set: without one (and no sampler asked
 for) spans record nothing, which costs a quarter as much, but still carry trace ids to the logs
-and the legacy service, and nothing tries a collector that is not there.
+and the legacy service, and nothing tries a collector that is not there. Under a server span
+that records nothing the proxy starts no child spans at all (``child_span``).
 """
 
 from __future__ import annotations
