@@ -122,6 +122,8 @@ LEDGER_CONSUMER = "ledger"
 COMPARE_CONSUMER = "compare"
 #: overlapping exchanges remembered per account, to explain differences by order
 RECENT_PER_ACCOUNT = 32
+#: transfer keys whose accounts are remembered, for the reversals that name them
+KEYS_REMEMBERED_MAX = 100_000
 ANY_ACCOUNT = "*"  # a reversal touches its target's accounts, unknown until it is decided
 PENDING_INTENTS_MAX = 100_000
 READ_EVENTS_MAX = 200_000
@@ -218,6 +220,9 @@ class Applier:
         #: account -> (span, overlap) of recently applied exchanges
         self._recent: dict[str, deque[tuple[Span, Overlap]]] = {}
         self._touched: dict[str, deque[Span]] = {}  # account -> spans of requests moving it
+        #: transfer key -> its accounts, for the transfers seen lately: a reversal's
+        #: comparison names them even when the ledger never posted what it reverses
+        self._accounts_by_key: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
         self._ledger_position = 0  # the ledger seq the last compared group left
@@ -827,8 +832,8 @@ class Applier:
                     exponents=self.routes.currencies,
                 )
                 if comparison.outcome is Outcome.MISMATCH and account is not None:
-                    before, after = self._overlapping(item, ordered, index, account)
-                    if explained_by_order(comparison, before, after):
+                    before, after, complete = self._overlapping(item, ordered, index, account)
+                    if explained_by_order(comparison, before, after, complete):
                         comparison = order_dependent(comparison)
                 if comparison.outcome is Outcome.MISMATCH and refusal is not None:
                     comparison = replace(comparison, detail=f"the ledger refused: {refusal}")
@@ -850,16 +855,31 @@ class Applier:
             ledger_seq=_seq_of(item.result),
             trace_id=item.outcome.record.trace_id
             or (item.intent.record.trace_id if item.intent else None),
-            accounts=_all_accounts(item),
+            accounts=self._named_accounts(item, ordered),
         )
+
+    def _named_accounts(self, item: _Item, ordered: Sequence[_Item]) -> tuple[str, ...]:
+        """The accounts a comparison is listed under: those its request and postings name
+        and, for a reversal, those of the transfer it reverses when that was seen lately (a
+        refund of a payment the ledger refused posts nothing, yet it is about those accounts,
+        and ``divergences list --account`` must find it)."""
+        accounts = set(_all_accounts(item))
+        request = item.request
+        if isinstance(request, Reversal):
+            accounts.update(self._accounts_by_key.get(request.reverses, ()))
+            for other in ordered:
+                if isinstance(other.request, Transfer) and other.request.key == request.reverses:
+                    accounts.update(_accounts_of(other.request))
+        return tuple(sorted(accounts))
 
     def _overlapping(
         self, item: _Item, ordered: Sequence[_Item], index: int, account: str
-    ) -> tuple[list[Overlap], list[Overlap]]:
+    ) -> tuple[list[Overlap], list[Overlap], bool]:
         """Exchanges overlapping ``item`` that moved ``account``: those the ledger applied
         before it and those it applies after (or whose answer is still to come), each with
-        its effect, legacy's answer where known, and whether nothing else moved the account
-        while the two were in flight."""
+        its effect, what it asked, legacy's answer where known, and whether nothing else moved
+        the account while the two were in flight; and whether the two lists hold every
+        movement of the account that overlapped ``item`` (none unknown, no reversal)."""
         span = item.span
         before = [(s, o) for s, o in self._recent.get(account, ()) if s.overlaps(span)]
         after: list[tuple[Span, Overlap]] = []
@@ -874,6 +894,7 @@ class Applier:
             overlap = Overlap(
                 _applied_effect(other).get(account, 0),
                 other.legacy_status is SideStatus.ACCEPTED,
+                requested=effects(other.request).get(account, 0),
             )
             (before if other_index < index else after).append((other.span, overlap))
         for intent in reversed(self._unapplied()):
@@ -894,13 +915,20 @@ class Applier:
             )
             return not any(m not in (span, other) and m.overlaps(window) for m in movers)
 
+        listed = {span, *(s for s, _ in before), *(s for s, _ in after)}
+        complete = not any(m.overlaps(span) and m not in listed for m in movers)
         return (
             [replace(o, alone=alone(s)) for s, o in before],
             [replace(o, alone=alone(s)) for s, o in after],
+            complete,
         )
 
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
         """Remember that ``request`` asked to move money on its accounts during ``span``."""
+        if isinstance(request, Transfer):
+            self._accounts_by_key[request.key] = tuple(sorted(_accounts_of(request)))
+            if len(self._accounts_by_key) > KEYS_REMEMBERED_MAX:
+                self._accounts_by_key.popitem(last=False)
         if isinstance(request, Reversal):
             touched: Iterable[str] = (ANY_ACCOUNT,)  # its accounts are its target's
         else:
@@ -939,11 +967,15 @@ class Applier:
             self._touch(item.span, item.request)
         for item in ordered:
             accepted = item.legacy_status is SideStatus.ACCEPTED
-            for account, effect in _applied_effect(item).items():
+            applied = _applied_effect(item)
+            # what the ledger refused too: legacy may have taken it (an order's explanation
+            # counts what each side could have held)
+            for account, asked in effects(item.request).items():
                 recent = self._recent.get(account)
                 if recent is None:
                     recent = self._recent[account] = deque(maxlen=RECENT_PER_ACCOUNT)
-                recent.append((item.span, Overlap(effect, accepted)))
+                overlap = Overlap(applied.get(account, 0), accepted, requested=asked)
+                recent.append((item.span, overlap))
         if len(self._recent) > PENDING_INTENTS_MAX:
             self._recent.clear()
 

@@ -287,12 +287,19 @@ class Overlap:
     #: no other movement of the account overlaps the two exchanges: their relative order is
     #: all that differs between the two sides (False: not known to be so)
     alone: bool = False
+    #: what it asked to move on the account, whatever the ledger did (None: ``effect``)
+    requested: int | None = None
+
+    @property
+    def asked(self) -> int:
+        return self.effect if self.requested is None else self.requested
 
 
 def explained_by_order(
     comparison: Comparison,
     before: Iterable[int | Overlap],
     after: Iterable[int | Overlap],
+    complete: bool = False,
 ) -> bool:
     """Whether another order of overlapping exchanges on the account explains ``comparison``.
 
@@ -302,6 +309,12 @@ def explained_by_order(
     this one, but only in a way its own answers allow: a refusal is not explained by a debit
     both sides accepted when no other movement of the account overlaps the two, since legacy
     would then have had enough for both, and the ledger, from the same balance, too.
+
+    ``complete``: ``before`` and ``after`` hold every movement of the account that overlapped
+    this exchange, each with what it asked. A refusal by the ledger of what legacy accepted is
+    then explained only if legacy can have had more money than the ledger had when it
+    refused (``_legacy_could_have_had_more``): a posting legacy dropped after accepting it
+    must not pass for a race.
     """
     if comparison.outcome is not Outcome.MISMATCH or len(comparison.differences) != 1:
         return False
@@ -312,6 +325,8 @@ def explained_by_order(
         if "rejected" not in (difference.legacy, difference.ledger):
             return False
         if difference.ledger == "rejected":  # the ledger had too little; legacy had more
+            if complete and not _legacy_could_have_had_more(before_, after_):
+                return False
             return any(o.effect > 0 and o.legacy_accepted is not False for o in after_) or any(
                 o.effect < 0 and not (o.legacy_accepted is True and o.alone) for o in before_
             )
@@ -333,6 +348,21 @@ def explained_by_order(
                 if sum(subset) == gap:
                     return True
     return False
+
+
+def _legacy_could_have_had_more(before: Sequence[Overlap], after: Sequence[Overlap]) -> bool:
+    """Whether some order of the overlapping exchanges ends with legacy holding more than the
+    ledger held when it refused the one compared (a necessary condition for legacy to have
+    accepted it: whatever it accepted had to fit, the last of it at the end). Legacy's best
+    case: every credit it did not refuse, and only the debits it accepted; the ledger's: what
+    it applied before its refusal."""
+    most = sum(
+        o.asked
+        for o in (*before, *after)
+        if (o.asked > 0 and o.legacy_accepted is not False)
+        or (o.asked < 0 and o.legacy_accepted is True)
+    )
+    return most > sum(o.effect for o in before)
 
 
 def _gap(difference: Difference) -> int | None:

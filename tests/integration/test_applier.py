@@ -345,3 +345,53 @@ async def test_an_applier_behind_does_not_pause_between_groups(
     applier = await run_to_the_head(stream, pool, PostgresComparisonStore(pool), ROUTES, slow)
     assert applier.stats.groups >= 8
     assert await balances(pool, "AB") == {"A": 100_000 - 400, "B": 400}
+
+
+def refund(request_id: str, of: str, value: str) -> tuple[MirrorRecord, ...]:
+    answer = {"refund_id": request_id, "amount": {"value": value, "currency": "EUR"}}
+    return (
+        record(
+            RecordKind.INTENT,
+            request_id,
+            {
+                "method": "POST",
+                "path": f"/v1/payments/{of}/refund",
+                "headers": [["Idempotency-Key", "key-" + request_id]],
+                "body": json.dumps({"original_idempotency_key": "key-" + of}),
+            },
+            "refund",
+        ),
+        record(
+            RecordKind.OUTCOME, request_id, {"status": 201, "body": json.dumps(answer)}, "refund"
+        ),
+    )
+
+
+async def test_a_posting_legacy_dropped_does_not_pass_for_a_race_and_its_refund_names_it(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Legacy accepts three payments out of A, which holds enough for the first only, and
+    posts one of them (it dropped another silently). The ledger posts X and refuses Y and Z.
+    The three overlapped, so some order of them is in question; but no order lets legacy pay
+    out 25.00 from 10.00: Y's and Z's refusals are money divergences, not `order_dependent`.
+    The refund of Y, which the ledger never posted, is listed under Y's accounts."""
+    stream = PostgresMirrorLog(pool)
+    for r in snapshot("s", {"A": "10.00", "B": "0.00", "C": "0.00"}):
+        await stream.append([r])
+    x_in, x_out = payment("X", "A", "B", "10.00")
+    y_in, y_out = payment("Y", "A", "C", "10.00")
+    z_in, z_out = payment("Z", "A", "B", "5.00")
+    for r in (x_in, y_in, z_in, x_out, y_out, z_out, *refund("R", "Y", "10.00")):
+        await stream.append([r])
+    comparisons = PostgresComparisonStore(pool)
+    await run_to_the_head(stream, pool, comparisons, ROUTES, settings)
+    verdicts = await comparisons.by_request()
+    assert verdicts["X"]["outcome"] == "match"
+    for refused in ("Y", "Z"):
+        assert verdicts[refused]["outcome"] == "mismatch", verdicts[refused]
+        assert verdicts[refused]["kinds"] == ["status"], verdicts[refused]
+        assert verdicts[refused]["monetary"], verdicts[refused]
+    assert verdicts["R"]["outcome"] == "mismatch"
+    assert set(verdicts["R"]["accounts"]) >= {"A", "C"}, verdicts["R"]
+    listed = {d["request_id"] for d in await comparisons.divergences(account_id="C")}
+    assert {"Y", "R"} <= listed  # `divergences list --account C` shows both

@@ -224,6 +224,35 @@ def test_a_refusal_after_a_debit_both_sides_accepted_is_not_order_dependent() ->
     assert explained_by_order(refused, before=[Overlap(300, legacy_accepted=True)], after=[])
 
 
+def test_a_refusal_legacy_could_not_have_afforded_in_any_order_is_not_order_dependent() -> None:
+    # what the demo met: legacy accepted payments A and B out of one account, each for all of
+    # its money, and silently dropped A. The ledger posted A and refused B. Another debit
+    # legacy accepted overlapped too, so A and B were not alone.
+    refused = Comparison(
+        Outcome.MISMATCH,
+        (Difference("status", DivergenceKind.STATUS, "accepted", "rejected", "EUR", 500),),
+        {"EUR": 500},
+    )
+    a = Overlap(-500, legacy_accepted=True, alone=False, requested=-500)
+    other = Overlap(-100, legacy_accepted=True, alone=False, requested=-100)
+    # all that is known (complete): no order gives legacy more money than the ledger had
+    assert not explained_by_order(refused, before=[a], after=[other], complete=True)
+    assert not explained_by_order(refused, before=[a, other], after=[], complete=True)
+    # a debit the ledger refused but legacy accepted leaves legacy with less, not more
+    took = Overlap(0, legacy_accepted=True, alone=False, requested=-200)
+    assert not explained_by_order(refused, before=[a, took], after=[], complete=True)
+    # a credit legacy accepted (or has not answered yet) could have come first: explained
+    credit = Overlap(800, legacy_accepted=True, alone=False, requested=800)
+    assert explained_by_order(refused, before=[a], after=[credit], complete=True)
+    unanswered = Overlap(800)
+    assert explained_by_order(refused, before=[a], after=[unanswered], complete=True)
+    # so could a debit the ledger took first and legacy refused (a true swap)
+    swapped = Overlap(-500, legacy_accepted=False, requested=-500)
+    assert explained_by_order(refused, before=[swapped], after=[], complete=True)
+    # with some movement unknown (a reversal in flight, say), the lenient rule stays
+    assert explained_by_order(refused, before=[a], after=[other], complete=False)
+
+
 def test_a_refusal_is_order_dependent_only_if_an_overlapping_movement_could_flip_it() -> None:
     status = Comparison(
         Outcome.MISMATCH,
