@@ -331,7 +331,7 @@ class Applier:
             for account, effect in effects(request).items():
                 recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
                 # whether the ledger made it is not known here: an explanation stays possible
-                recent.append((item.span, Overlap(effect)))
+                recent.append((item.span, Overlap(effect, legacy_accepted=True)))
 
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
@@ -884,6 +884,9 @@ class Applier:
         before = [(s, o) for s, o in self._recent.get(account, ()) if s.overlaps(span)]
         after: list[tuple[Span, Overlap]] = []
         movers = [*self._touched.get(account, ()), *self._touched.get(ANY_ACCOUNT, ())]
+        # whether every movement overlapping ``item`` is known, with its effect: not if one
+        # is a reversal or could not be read as a command, nor if a window forgot some
+        complete = self._windows_hold(account, span)
         for other_index, other in enumerate(ordered):
             if other is item:
                 continue
@@ -891,6 +894,8 @@ class Applier:
                 movers.append(other.span)
             if not other.span.overlaps(span):
                 continue
+            if other.request is None or isinstance(other.request, Reversal):
+                complete = False
             overlap = Overlap(
                 _applied_effect(other).get(account, 0),
                 other.legacy_status is SideStatus.ACCEPTED,
@@ -901,8 +906,11 @@ class Applier:
             if intent.seq >= span.outcome_seq:
                 continue
             if intent.seq < span.intent_seq - 10 * self.settings.chunk_events_max:
+                complete = False  # older requests still unanswered: not looked at
                 break
             request = self._translate_intent(intent)
+            if request is None or isinstance(request, Reversal):
+                complete = False
             effect = effects(request).get(account, 0)
             if effect:
                 pending = Span(intent.seq, UNANSWERED)
@@ -916,12 +924,31 @@ class Applier:
             return not any(m not in (span, other) and m.overlaps(window) for m in movers)
 
         listed = {span, *(s for s, _ in before), *(s for s, _ in after)}
-        complete = not any(m.overlaps(span) and m not in listed for m in movers)
+        complete = complete and not any(m.overlaps(span) and m not in listed for m in movers)
         return (
-            [replace(o, alone=alone(s)) for s, o in before],
-            [replace(o, alone=alone(s)) for s, o in after],
+            [
+                replace(o, alone=alone(s), settled=s.outcome_seq < span.outcome_seq)
+                for s, o in before
+            ],
+            [
+                replace(o, alone=alone(s), settled=s.outcome_seq < span.outcome_seq)
+                for s, o in after
+            ],
             complete,
         )
+
+    def _windows_hold(self, account: str, span: Span) -> bool:
+        """Whether the bounded windows of movements remembered for ``account`` (and of
+        reversals) still hold everything that overlapped ``span``: a full window whose oldest
+        entry ended after ``span`` began may have forgotten one that overlapped it."""
+        spans: list[Span | None] = []
+        recent = self._recent.get(account)
+        if recent is not None and len(recent) == recent.maxlen:
+            spans.append(recent[0][0])
+        for window in (self._touched.get(account), self._touched.get(ANY_ACCOUNT)):
+            if window is not None and len(window) == window.maxlen:
+                spans.append(window[0])
+        return not any(s is not None and s.outcome_seq > span.intent_seq for s in spans)
 
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
         """Remember that ``request`` asked to move money on its accounts during ``span``."""
@@ -971,11 +998,13 @@ class Applier:
             # what the ledger refused too: legacy may have taken it (an order's explanation
             # counts what each side could have held)
             for account, asked in effects(item.request).items():
+                effect = applied.get(account, 0)
+                if not effect and item.legacy_status is SideStatus.REJECTED:
+                    continue  # neither side moved it: nothing to explain with
                 recent = self._recent.get(account)
                 if recent is None:
                     recent = self._recent[account] = deque(maxlen=RECENT_PER_ACCOUNT)
-                overlap = Overlap(applied.get(account, 0), accepted, requested=asked)
-                recent.append((item.span, overlap))
+                recent.append((item.span, Overlap(effect, accepted, requested=asked)))
         if len(self._recent) > PENDING_INTENTS_MAX:
             self._recent.clear()
 

@@ -289,6 +289,8 @@ class Overlap:
     alone: bool = False
     #: what it asked to move on the account, whatever the ledger did (None: ``effect``)
     requested: int | None = None
+    #: answered before the exchange compared was: legacy had done it by then, if it accepted
+    settled: bool = False
 
     @property
     def asked(self) -> int:
@@ -351,16 +353,18 @@ def explained_by_order(
 
 
 def _legacy_could_have_had_more(before: Sequence[Overlap], after: Sequence[Overlap]) -> bool:
-    """Whether some order of the overlapping exchanges ends with legacy holding more than the
-    ledger held when it refused the one compared (a necessary condition for legacy to have
-    accepted it: whatever it accepted had to fit, the last of it at the end). Legacy's best
-    case: every credit it did not refuse, and only the debits it accepted; the ledger's: what
-    it applied before its refusal."""
+    """Whether legacy can have held more than the ledger held when it refused the one
+    compared, once legacy had answered it: a necessary condition for legacy to have accepted
+    it, since by then legacy had made it and every debit it accepted and answered before, and
+    each of those had to fit. Legacy's best case: every overlapping credit it did not refuse,
+    and of the debits only those it accepted and answered first (one answered later may have
+    come after, paid for by money that came in later still); the ledger's: what it applied
+    before its refusal."""
     most = sum(
         o.asked
         for o in (*before, *after)
         if (o.asked > 0 and o.legacy_accepted is not False)
-        or (o.asked < 0 and o.legacy_accepted is True)
+        or (o.asked < 0 and o.legacy_accepted is True and o.settled)
     )
     return most > sum(o.effect for o in before)
 

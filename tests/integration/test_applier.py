@@ -395,3 +395,24 @@ async def test_a_posting_legacy_dropped_does_not_pass_for_a_race_and_its_refund_
     assert set(verdicts["R"]["accounts"]) >= {"A", "C"}, verdicts["R"]
     listed = {d["request_id"] for d in await comparisons.divergences(account_id="C")}
     assert {"Y", "R"} <= listed  # `divergences list --account C` shows both
+
+
+async def test_a_refusal_with_a_refund_in_flight_stays_explainable_by_order(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """As above, but a refund of X overlaps Y: legacy may have refunded X before paying Y, so
+    Y's refusal by the ledger is `order_dependent` (a reversal's effect on the account is not
+    known where orders are weighed, so the lenient rule holds)."""
+    stream = PostgresMirrorLog(pool)
+    for r in snapshot("s", {"A": "10.00", "B": "0.00", "C": "0.00"}):
+        await stream.append([r])
+    x_in, x_out = payment("X", "A", "B", "10.00")
+    y_in, y_out = payment("Y", "A", "C", "10.00")
+    q_in, q_out = refund("Q", "X", "10.00")
+    for r in (x_in, y_in, x_out, q_in, y_out, q_out):  # the ledger takes X, refuses Y, then Q
+        await stream.append([r])
+    comparisons = PostgresComparisonStore(pool)
+    await run_to_the_head(stream, pool, comparisons, ROUTES, settings)
+    verdicts = await comparisons.by_request()
+    assert verdicts["X"]["outcome"] == verdicts["Q"]["outcome"] == "match"
+    assert verdicts["Y"]["kinds"] == ["order_dependent"], verdicts["Y"]

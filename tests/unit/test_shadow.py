@@ -233,22 +233,30 @@ def test_a_refusal_legacy_could_not_have_afforded_in_any_order_is_not_order_depe
         (Difference("status", DivergenceKind.STATUS, "accepted", "rejected", "EUR", 500),),
         {"EUR": 500},
     )
-    a = Overlap(-500, legacy_accepted=True, alone=False, requested=-500)
-    other = Overlap(-100, legacy_accepted=True, alone=False, requested=-100)
-    # all that is known (complete): no order gives legacy more money than the ledger had
+    a = Overlap(-500, legacy_accepted=True, requested=-500, settled=True)
+    other = Overlap(-100, legacy_accepted=True, requested=-100, settled=True)
+    # all that is known (complete): by the time legacy answered B it had paid A, B and the
+    # other out of what the ledger held before A: no order gives legacy the money
     assert not explained_by_order(refused, before=[a], after=[other], complete=True)
     assert not explained_by_order(refused, before=[a, other], after=[], complete=True)
     # a debit the ledger refused but legacy accepted leaves legacy with less, not more
-    took = Overlap(0, legacy_accepted=True, alone=False, requested=-200)
+    took = Overlap(0, legacy_accepted=True, requested=-200, settled=True)
     assert not explained_by_order(refused, before=[a, took], after=[], complete=True)
     # a credit legacy accepted (or has not answered yet) could have come first: explained
-    credit = Overlap(800, legacy_accepted=True, alone=False, requested=800)
+    credit = Overlap(800, legacy_accepted=True, requested=800)
     assert explained_by_order(refused, before=[a], after=[credit], complete=True)
-    unanswered = Overlap(800)
-    assert explained_by_order(refused, before=[a], after=[unanswered], complete=True)
+    assert explained_by_order(refused, before=[a], after=[Overlap(800)], complete=True)
     # so could a debit the ledger took first and legacy refused (a true swap)
-    swapped = Overlap(-500, legacy_accepted=False, requested=-500)
+    swapped = Overlap(-500, legacy_accepted=False, requested=-500, settled=True)
     assert explained_by_order(refused, before=[swapped], after=[], complete=True)
+    # or one the ledger took first that legacy answered only later: legacy may have made it
+    # after B, paid for by money that came in after B was answered
+    late = Overlap(-500, legacy_accepted=True, requested=-500, settled=False)
+    assert explained_by_order(refused, before=[late], after=[], complete=True)
+    # a debit legacy answered after B, beside a credit: the credit first, B, then the debit
+    # once more money came in (nothing here says it did not)
+    later = Overlap(-500, legacy_accepted=True, requested=-500, settled=False)
+    assert explained_by_order(refused, before=[], after=[credit, later], complete=True)
     # with some movement unknown (a reversal in flight, say), the lenient rule stays
     assert explained_by_order(refused, before=[a], after=[other], complete=False)
 
