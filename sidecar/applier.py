@@ -866,10 +866,7 @@ class Applier:
         accounts = set(_all_accounts(item))
         request = item.request
         if isinstance(request, Reversal):
-            accounts.update(self._accounts_by_key.get(request.reverses, ()))
-            for other in ordered:
-                if isinstance(other.request, Transfer) and other.request.key == request.reverses:
-                    accounts.update(_accounts_of(other.request))
+            accounts.update(self._reversed_accounts(request, ordered))
         return tuple(sorted(accounts))
 
     def _overlapping(
@@ -894,7 +891,7 @@ class Applier:
                 movers.append(other.span)
             if not other.span.overlaps(span):
                 continue
-            if other.request is None or isinstance(other.request, Reversal):
+            if self._may_move_unseen(other.request, account, ordered):
                 complete = False
             overlap = Overlap(
                 _applied_effect(other).get(account, 0),
@@ -909,7 +906,7 @@ class Applier:
                 complete = False  # older requests still unanswered: not looked at
                 break
             request = self._translate_intent(intent)
-            if request is None or isinstance(request, Reversal):
+            if self._may_move_unseen(request, account, ordered):
                 complete = False
             effect = effects(request).get(account, 0)
             if effect:
@@ -950,6 +947,28 @@ class Applier:
                 spans.append(window[0])
         return not any(s is not None and s.outcome_seq > span.intent_seq for s in spans)
 
+    def _may_move_unseen(
+        self, request: LedgerRequest | None, account: str, ordered: Sequence[_Item]
+    ) -> bool:
+        """Whether ``request`` may move ``account`` by an amount orders are not weighed with:
+        a request not read as a command, or a reversal of a transfer on the account (or of
+        one not seen lately, whose accounts are unknown)."""
+        if request is None:
+            return True
+        if not isinstance(request, Reversal):
+            return False
+        return account in self._reversed_accounts(request, ordered, (account,))
+
+    def _reversed_accounts(
+        self, reversal: Reversal, ordered: Sequence[_Item], unknown: tuple[str, ...] = ()
+    ) -> tuple[str, ...]:
+        """The accounts of the transfer ``reversal`` reverses, from this group or the ones
+        seen lately; ``unknown`` if it was not seen."""
+        for other in ordered:
+            if isinstance(other.request, Transfer) and other.request.key == reversal.reverses:
+                return tuple(sorted(_accounts_of(other.request)))
+        return self._accounts_by_key.get(reversal.reverses, unknown)
+
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
         """Remember that ``request`` asked to move money on its accounts during ``span``."""
         if isinstance(request, Transfer):
@@ -957,7 +976,8 @@ class Applier:
             if len(self._accounts_by_key) > KEYS_REMEMBERED_MAX:
                 self._accounts_by_key.popitem(last=False)
         if isinstance(request, Reversal):
-            touched: Iterable[str] = (ANY_ACCOUNT,)  # its accounts are its target's
+            # its accounts are its target's, when that was seen lately
+            touched: Iterable[str] = self._accounts_by_key.get(request.reverses, (ANY_ACCOUNT,))
         else:
             touched = effects(request)
         for account in touched:

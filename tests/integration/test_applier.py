@@ -376,17 +376,21 @@ async def test_a_posting_legacy_dropped_does_not_pass_for_a_race_and_its_refund_
     out 25.00 from 10.00: Y's and Z's refusals are money divergences, not `order_dependent`.
     The refund of Y, which the ledger never posted, is listed under Y's accounts."""
     stream = PostgresMirrorLog(pool)
-    for r in snapshot("s", {"A": "10.00", "B": "0.00", "C": "0.00"}):
+    for r in snapshot("s", {"A": "10.00", "B": "0.00", "C": "0.00", "D": "5.00", "E": "0.00"}):
+        await stream.append([r])
+    for r in payment("W", "D", "E", "1.00"):
         await stream.append([r])
     x_in, x_out = payment("X", "A", "B", "10.00")
     y_in, y_out = payment("Y", "A", "C", "10.00")
     z_in, z_out = payment("Z", "A", "B", "5.00")
-    for r in (x_in, y_in, z_in, x_out, y_out, z_out, *refund("R", "Y", "10.00")):
+    # a refund elsewhere (of W, D to E) in flight meanwhile changes nothing on A
+    v_in, v_out = refund("V", "W", "1.00")
+    for r in (x_in, y_in, v_in, z_in, x_out, y_out, v_out, z_out, *refund("R", "Y", "10.00")):
         await stream.append([r])
     comparisons = PostgresComparisonStore(pool)
     await run_to_the_head(stream, pool, comparisons, ROUTES, settings)
     verdicts = await comparisons.by_request()
-    assert verdicts["X"]["outcome"] == "match"
+    assert verdicts["X"]["outcome"] == verdicts["V"]["outcome"] == "match"
     for refused in ("Y", "Z"):
         assert verdicts[refused]["outcome"] == "mismatch", verdicts[refused]
         assert verdicts[refused]["kinds"] == ["status"], verdicts[refused]
