@@ -165,12 +165,21 @@ class _Item:
     record: ComparisonRecord | None = None
 
     @property
+    def answered_in_place(self) -> bool:
+        """Whether its outcome record's place in the stream is when legacy answered (not an
+        answer learned late, in doubt, nor a listing whose instant is unknown)."""
+        return not (
+            self.intent is not None
+            and (
+                "in_doubt" in self.outcome.record.content
+                or self.intent.record.content.get("bootstrap") == "plan"
+            )
+        )
+
+    @property
     def span(self) -> Span:
         start = self.intent.seq if self.intent is not None else self.outcome.seq
-        content = self.outcome.record.content
-        if self.intent is not None and (
-            "in_doubt" in content or self.intent.record.content.get("bootstrap") == "plan"
-        ):
+        if not self.answered_in_place:
             # an answer learned late (in doubt), or a listing whose instant is unknown within
             # its span: placed right after its intent, before anything that overlapped it,
             # whose outcome is then read against it
@@ -223,6 +232,8 @@ class Applier:
         #: transfer key -> its accounts, for the transfers seen lately: a reversal's
         #: comparison names them even when the ledger never posted what it reverses
         self._accounts_by_key: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        #: account -> the latest outcome seq its bounded windows forgot
+        self._forgotten: dict[str, int] = {}
         self._seen: dict[str, float] = {}  # pending intent -> when first seen unanswered
         self._limit = settings.chunk_events_max
         self._ledger_position = 0  # the ledger seq the last compared group left
@@ -309,6 +320,8 @@ class Applier:
         self._recent.clear()
         self._touched.clear()
         start = max(0, self._cursor - WARM_EVENTS)
+        # what ended before the events read again is forgotten, for every account
+        self._forgotten = {ANY_ACCOUNT: start}
         events = await self.stream.read(start, self._cursor - start)
         intents = {e.record.request_id: e for e in events if e.record.kind is RecordKind.INTENT}
         for event in events:
@@ -329,9 +342,10 @@ class Applier:
             if legacy_side(matched.route, item.exchange)[0] is not SideStatus.ACCEPTED:
                 continue
             for account, effect in effects(request).items():
-                recent = self._recent.setdefault(account, deque(maxlen=RECENT_PER_ACCOUNT))
                 # whether the ledger made it is not known here: an explanation stays possible
-                recent.append((item.span, Overlap(effect, legacy_accepted=True)))
+                self._keep(
+                    self._recent, account, (item.span, Overlap(effect, legacy_accepted=True))
+                )
 
     async def _run(self) -> None:
         idle = self.settings.idle_poll_ms / 1000
@@ -897,6 +911,7 @@ class Applier:
                 _applied_effect(other).get(account, 0),
                 other.legacy_status is SideStatus.ACCEPTED,
                 requested=effects(other.request).get(account, 0),
+                settled=None if not other.answered_in_place else False,
             )
             (before if other_index < index else after).append((other.span, overlap))
         for intent in reversed(self._unapplied()):
@@ -924,11 +939,19 @@ class Applier:
         complete = complete and not any(m.overlaps(span) and m not in listed for m in movers)
         return (
             [
-                replace(o, alone=alone(s), settled=s.outcome_seq < span.outcome_seq)
+                replace(
+                    o,
+                    alone=alone(s),
+                    settled=o.settled is not None and s.outcome_seq < span.outcome_seq,
+                )
                 for s, o in before
             ],
             [
-                replace(o, alone=alone(s), settled=s.outcome_seq < span.outcome_seq)
+                replace(
+                    o,
+                    alone=alone(s),
+                    settled=o.settled is not None and s.outcome_seq < span.outcome_seq,
+                )
                 for s, o in after
             ],
             complete,
@@ -938,14 +961,7 @@ class Applier:
         """Whether the bounded windows of movements remembered for ``account`` (and of
         reversals) still hold everything that overlapped ``span``: a full window whose oldest
         entry ended after ``span`` began may have forgotten one that overlapped it."""
-        spans: list[Span | None] = []
-        recent = self._recent.get(account)
-        if recent is not None and len(recent) == recent.maxlen:
-            spans.append(recent[0][0])
-        for window in (self._touched.get(account), self._touched.get(ANY_ACCOUNT)):
-            if window is not None and len(window) == window.maxlen:
-                spans.append(window[0])
-        return not any(s is not None and s.outcome_seq > span.intent_seq for s in spans)
+        return all(self._forgotten.get(key, 0) <= span.intent_seq for key in (account, ANY_ACCOUNT))
 
     def _may_move_unseen(
         self, request: LedgerRequest | None, account: str, ordered: Sequence[_Item]
@@ -964,14 +980,18 @@ class Applier:
     ) -> tuple[str, ...]:
         """The accounts of the transfer ``reversal`` reverses, from this group or the ones
         seen lately; ``unknown`` if it was not seen."""
+        known = self._accounts_by_key.get(reversal.reverses)
+        if known is not None:  # seen in an earlier group: its first use
+            return known
         for other in ordered:
             if isinstance(other.request, Transfer) and other.request.key == reversal.reverses:
                 return tuple(sorted(_accounts_of(other.request)))
-        return self._accounts_by_key.get(reversal.reverses, unknown)
+        return unknown
 
     def _touch(self, span: Span, request: LedgerRequest | None) -> None:
         """Remember that ``request`` asked to move money on its accounts during ``span``."""
-        if isinstance(request, Transfer):
+        if isinstance(request, Transfer) and request.key not in self._accounts_by_key:
+            # the key's first use: a later one with other legs is refused (a conflict)
             self._accounts_by_key[request.key] = tuple(sorted(_accounts_of(request)))
             if len(self._accounts_by_key) > KEYS_REMEMBERED_MAX:
                 self._accounts_by_key.popitem(last=False)
@@ -981,10 +1001,19 @@ class Applier:
         else:
             touched = effects(request)
         for account in touched:
-            spans = self._touched.get(account)
-            if spans is None:
-                spans = self._touched[account] = deque(maxlen=RECENT_PER_ACCOUNT)
-            spans.append(span)
+            self._keep(self._touched, account, span)
+
+    def _keep(self, windows: dict[str, deque[Any]], account: str, entry: Any) -> None:
+        """Append ``entry`` (a span, or a span and its overlap) to ``account``'s bounded
+        window, remembering the latest outcome the window forgot (``_windows_hold``)."""
+        window = windows.get(account)
+        if window is None:
+            window = windows[account] = deque(maxlen=RECENT_PER_ACCOUNT)
+        if len(window) == window.maxlen:
+            oldest = window[0]
+            forgotten = (oldest[0] if isinstance(oldest, tuple) else oldest).outcome_seq
+            self._forgotten[account] = max(self._forgotten.get(account, 0), forgotten)
+        window.append(entry)
 
     def _translate_intent(self, intent: MirrorEvent) -> LedgerRequest | None:
         exchange = exchange_of(intent.record, None)
@@ -1021,11 +1050,13 @@ class Applier:
                 effect = applied.get(account, 0)
                 if not effect and item.legacy_status is SideStatus.REJECTED:
                     continue  # neither side moved it: nothing to explain with
-                recent = self._recent.get(account)
-                if recent is None:
-                    recent = self._recent[account] = deque(maxlen=RECENT_PER_ACCOUNT)
-                recent.append((item.span, Overlap(effect, accepted, requested=asked)))
+                overlap = Overlap(effect, accepted, requested=asked)
+                if not item.answered_in_place:
+                    overlap = replace(overlap, settled=None)  # when legacy did it: unknown
+                self._keep(self._recent, account, (item.span, overlap))
         if len(self._recent) > PENDING_INTENTS_MAX:
+            latest = max(s.outcome_seq for w in self._recent.values() for s, _ in w)
+            self._forgotten[ANY_ACCOUNT] = max(self._forgotten.get(ANY_ACCOUNT, 0), latest)
             self._recent.clear()
 
     def _note(

@@ -290,7 +290,8 @@ class Overlap:
     #: what it asked to move on the account, whatever the ledger did (None: ``effect``)
     requested: int | None = None
     #: answered before the exchange compared was: legacy had done it by then, if it accepted
-    settled: bool = False
+    #: (None: when legacy answered it is not known, as for an answer learned in doubt)
+    settled: bool | None = False
 
     @property
     def asked(self) -> int:
@@ -364,7 +365,7 @@ def _legacy_could_have_had_more(before: Sequence[Overlap], after: Sequence[Overl
         o.asked
         for o in (*before, *after)
         if (o.asked > 0 and o.legacy_accepted is not False)
-        or (o.asked < 0 and o.legacy_accepted is True and o.settled)
+        or (o.asked < 0 and o.legacy_accepted is True and o.settled is True)
     )
     return most > sum(o.effect for o in before)
 

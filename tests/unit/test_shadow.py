@@ -257,6 +257,9 @@ def test_a_refusal_legacy_could_not_have_afforded_in_any_order_is_not_order_depe
     # once more money came in (nothing here says it did not)
     later = Overlap(-500, legacy_accepted=True, requested=-500, settled=False)
     assert explained_by_order(refused, before=[], after=[credit, later], complete=True)
+    # a debit whose answer was learned late (in doubt): when legacy made it is not known
+    doubted = Overlap(-500, legacy_accepted=True, requested=-500, settled=None)
+    assert explained_by_order(refused, before=[doubted], after=[], complete=True)
     # with some movement unknown (a reversal in flight, say), the lenient rule stays
     assert explained_by_order(refused, before=[a], after=[other], complete=False)
 
