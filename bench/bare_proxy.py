@@ -18,6 +18,8 @@ import aiohttp
 from aiohttp import web
 from sidecar.runtime import run
 
+from _serving import serve_forever
+
 
 async def serve(port: int, upstream: str) -> None:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
@@ -44,13 +46,9 @@ async def serve(port: int, upstream: str) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        await asyncio.Event().wait()
+        await serve_forever(app, port)
     finally:
-        await runner.cleanup()
         await session.close()
 
 

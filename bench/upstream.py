@@ -11,12 +11,13 @@ time per request, the fractions are larger.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 from aiohttp import web
 from sidecar.runtime import run
+
+from _serving import serve_forever
 
 PAYMENT = (
     b'{"payment_id": "PAY-1", "status": "completed", '
@@ -46,13 +47,7 @@ async def serve(port: int, accounts: bytes) -> None:
     app.router.add_get("/v1/accounts/{account}/balance", balance)
     app.router.add_post("/v1/accounts/{account}/payments", payment)
     app.router.add_route("*", "/mirror-sink", sink)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_forever(app, port)
 
 
 if __name__ == "__main__":

@@ -907,12 +907,7 @@ class Applier:
                 continue
             if self._may_move_unseen(other.request, account, ordered):
                 complete = False
-            overlap = Overlap(
-                _applied_effect(other).get(account, 0),
-                other.legacy_status is SideStatus.ACCEPTED,
-                requested=effects(other.request).get(account, 0),
-                settled=None if not other.answered_in_place else False,
-            )
+            overlap = _overlap_of(other, account, _applied_effect(other).get(account, 0))
             (before if other_index < index else after).append((other.span, overlap))
         for intent in reversed(self._unapplied()):
             if intent.seq >= span.outcome_seq:
@@ -935,32 +930,25 @@ class Applier:
             )
             return not any(m not in (span, other) and m.overlaps(window) for m in movers)
 
+        def seen_from_item(pairs: list[tuple[Span, Overlap]]) -> list[Overlap]:
+            # settled: answered before ``item`` was (unless when is not known: None)
+            return [
+                replace(
+                    o,
+                    alone=alone(s),
+                    settled=o.settled is not None and s.outcome_seq < span.outcome_seq,
+                )
+                for s, o in pairs
+            ]
+
         listed = {span, *(s for s, _ in before), *(s for s, _ in after)}
         complete = complete and not any(m.overlaps(span) and m not in listed for m in movers)
-        return (
-            [
-                replace(
-                    o,
-                    alone=alone(s),
-                    settled=o.settled is not None and s.outcome_seq < span.outcome_seq,
-                )
-                for s, o in before
-            ],
-            [
-                replace(
-                    o,
-                    alone=alone(s),
-                    settled=o.settled is not None and s.outcome_seq < span.outcome_seq,
-                )
-                for s, o in after
-            ],
-            complete,
-        )
+        return seen_from_item(before), seen_from_item(after), complete
 
     def _windows_hold(self, account: str, span: Span) -> bool:
         """Whether the bounded windows of movements remembered for ``account`` (and of
-        reversals) still hold everything that overlapped ``span``: a full window whose oldest
-        entry ended after ``span`` began may have forgotten one that overlapped it."""
+        reversals) still hold everything that overlapped ``span``: nothing they forgot (or a
+        restart left unread) ended after ``span`` began."""
         return all(self._forgotten.get(key, 0) <= span.intent_seq for key in (account, ANY_ACCOUNT))
 
     def _may_move_unseen(
@@ -1042,18 +1030,14 @@ class Applier:
         for item in ordered:
             self._touch(item.span, item.request)
         for item in ordered:
-            accepted = item.legacy_status is SideStatus.ACCEPTED
             applied = _applied_effect(item)
             # what the ledger refused too: legacy may have taken it (an order's explanation
             # counts what each side could have held)
-            for account, asked in effects(item.request).items():
+            for account in effects(item.request):
                 effect = applied.get(account, 0)
                 if not effect and item.legacy_status is SideStatus.REJECTED:
                     continue  # neither side moved it: nothing to explain with
-                overlap = Overlap(effect, accepted, requested=asked)
-                if not item.answered_in_place:
-                    overlap = replace(overlap, settled=None)  # when legacy did it: unknown
-                self._keep(self._recent, account, (item.span, overlap))
+                self._keep(self._recent, account, (item.span, _overlap_of(item, account, effect)))
         if len(self._recent) > PENDING_INTENTS_MAX:
             latest = max(s.outcome_seq for w in self._recent.values() for s, _ in w)
             self._forgotten[ANY_ACCOUNT] = max(self._forgotten.get(ANY_ACCOUNT, 0), latest)
@@ -1185,6 +1169,17 @@ def _applied_effect(item: _Item) -> dict[str, int]:
     if isinstance(item.result, TransferOutcome) and item.result.posted:
         return effects(item.request)
     return {}
+
+
+def _overlap_of(item: _Item, account: str, effect: int) -> Overlap:
+    """``item`` as an overlap on ``account``: what the ledger applied (``effect``) and what it
+    asked, legacy's answer, and whether when legacy answered is known (in doubt: not)."""
+    return Overlap(
+        effect,
+        item.legacy_status is SideStatus.ACCEPTED,
+        requested=effects(item.request).get(account, 0),
+        settled=False if item.answered_in_place else None,
+    )
 
 
 def _accounts_of(request: LedgerRequest) -> set[str]:

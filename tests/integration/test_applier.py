@@ -89,28 +89,33 @@ def read(request_id: str, account: str, value: str) -> list[MirrorRecord]:
     ]
 
 
-def payment(request_id: str, debit: str, credit: str, value: str) -> tuple[MirrorRecord, ...]:
-    body = {
-        "beneficiary": {"account_number": credit},
-        "amount": {"value": value, "currency": "EUR"},
-    }
-    answer = {"payment_id": request_id, "amount": {"value": value, "currency": "EUR"}}
+def exchange(
+    request_id: str, route: str, path: str, body: dict[str, Any], answer: dict[str, Any]
+) -> tuple[MirrorRecord, ...]:
+    """A POST with its own idempotency key (``key-`` and the request id), answered 201."""
     return (
         record(
             RecordKind.INTENT,
             request_id,
             {
                 "method": "POST",
-                "path": f"/v1/accounts/{debit}/payments",
+                "path": path,
                 "headers": [["Idempotency-Key", "key-" + request_id]],
                 "body": json.dumps(body),
             },
-            "payment",
+            route,
         ),
-        record(
-            RecordKind.OUTCOME, request_id, {"status": 201, "body": json.dumps(answer)}, "payment"
-        ),
+        record(RecordKind.OUTCOME, request_id, {"status": 201, "body": json.dumps(answer)}, route),
     )
+
+
+def payment(request_id: str, debit: str, credit: str, value: str) -> tuple[MirrorRecord, ...]:
+    body = {
+        "beneficiary": {"account_number": credit},
+        "amount": {"value": value, "currency": "EUR"},
+    }
+    answer = {"payment_id": request_id, "amount": {"value": value, "currency": "EUR"}}
+    return exchange(request_id, "payment", f"/v1/accounts/{debit}/payments", body, answer)
 
 
 class FailingAfterTheWrite(PostgresComparisonStore):
@@ -349,22 +354,8 @@ async def test_an_applier_behind_does_not_pause_between_groups(
 
 def refund(request_id: str, of: str, value: str) -> tuple[MirrorRecord, ...]:
     answer = {"refund_id": request_id, "amount": {"value": value, "currency": "EUR"}}
-    return (
-        record(
-            RecordKind.INTENT,
-            request_id,
-            {
-                "method": "POST",
-                "path": f"/v1/payments/{of}/refund",
-                "headers": [["Idempotency-Key", "key-" + request_id]],
-                "body": json.dumps({"original_idempotency_key": "key-" + of}),
-            },
-            "refund",
-        ),
-        record(
-            RecordKind.OUTCOME, request_id, {"status": 201, "body": json.dumps(answer)}, "refund"
-        ),
-    )
+    body = {"original_idempotency_key": "key-" + of}
+    return exchange(request_id, "refund", f"/v1/payments/{of}/refund", body, answer)
 
 
 async def test_a_posting_legacy_dropped_does_not_pass_for_a_race_and_its_refund_names_it(
